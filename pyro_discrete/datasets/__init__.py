@@ -1,0 +1,35 @@
+"""Offline data sets for discrete-latent models: binarised MNIST and Fashion-MNIST.
+
+:func:`binarized_mnist` and :func:`fashion_mnist` return ``(N, 784)`` float tensors;
+:class:`MinibatchIterator` and :class:`DynamicBinarizer` turn them into reproducible,
+resumable minibatch streams.
+"""
+
+from ._cache import cache_dir
+from .fashion_mnist import fashion_mnist, fashion_mnist_dir, read_idx
+from .loaders import DynamicBinarizer, MinibatchIterator
+from .mnist import (
+    SPLITS,
+    DataNotFoundError,
+    binarize,
+    binarized_mnist,
+    mnist_probabilities,
+    mnist_source_path,
+    training_mean,
+)
+
+__all__ = [
+    "SPLITS",
+    "DataNotFoundError",
+    "DynamicBinarizer",
+    "MinibatchIterator",
+    "binarize",
+    "binarized_mnist",
+    "cache_dir",
+    "fashion_mnist",
+    "fashion_mnist_dir",
+    "mnist_probabilities",
+    "mnist_source_path",
+    "read_idx",
+    "training_mean",
+]
