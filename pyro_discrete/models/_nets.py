@@ -1,0 +1,35 @@
+"""Small network builders shared by the models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["mlp", "output_bias_from_mean"]
+
+
+def mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.Tanh
+) -> nn.Sequential:
+    """``Linear`` layers of the given widths with ``activation`` between them (none at the end).
+
+    With ``hidden=()`` this is a single affine map, the "linear" layer of the belief nets.
+    """
+    dims = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def output_bias_from_mean(x_mean: torch.Tensor, eps: float = 0.001) -> torch.Tensor:
+    r""":math:`\mathrm{logit}(\mathrm{clip}(\bar x, \epsilon, 1 - \epsilon))`.
+
+    Starting the decoder's output bias here makes the untrained model predict the pixel
+    marginals, so early gradients are spent on structure rather than on the mean image.
+    """
+    return torch.logit(x_mean.clamp(eps, 1 - eps))
