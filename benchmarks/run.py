@@ -1,0 +1,660 @@
+"""Step-time, memory and scaling benchmarks: ``python -m benchmarks.run``.
+
+Every variant (hand-written PyTorch, ``pyro_discrete``'s ``DiscreteELBO``, Pyro's
+``TraceGraph_ELBO``) is timed in this one process on the same model, data and thread
+count. Rounds are interleaved in a shuffled order so that load from other processes on a
+shared machine hits every variant alike; the figure reported is the median step time.
+
+Outputs under ``--out``: ``results.csv`` (every measurement), ``results.md`` (the tables
+printed here), ``scaling.png`` and ``meta.json``; with storchastic installed, also
+``storchastic.json`` from ``python -m benchmarks.storchastic_peer`` (run in a subprocess
+because importing storchastic patches torch globally).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from torch import Tensor
+
+from benchmarks import handwritten as hw
+from benchmarks.pyro_models import (
+    PyroPair,
+    discrete_elbo_available,
+    discrete_loss,
+    make_svi,
+    nvil_baselines,
+    tracegraph_loss,
+)
+
+IMPLS = ("handwritten", "pyro_discrete", "tracegraph")
+# The performance issue's targets for pyro_discrete / hand-written, by device and batch.
+TARGETS = {"cpu": {24: 1.3, 256: 1.1}, "cuda": {24: 1.2, 1024: 1.05}}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to build; ``kind`` is ``"sbn"`` or ``"categorical"``."""
+
+    kind: str = "sbn"
+    n_visible: int = 784
+    n_latent: int = 200
+    n_layers: int = 1
+    n_groups: int = 10
+    n_classes: int = 10
+
+    def label(self) -> str:
+        if self.kind == "sbn":
+            dims = "-".join([str(self.n_visible)] + [str(self.n_latent)] * self.n_layers)
+            return f"linear SBN {dims}"
+        return f"categorical {self.n_visible}-{self.n_groups}x{self.n_classes}"
+
+    def build(self, seed: int, device: torch.device) -> hw.LatentModel:
+        torch.manual_seed(seed)
+        xbar = _xbar(self.n_visible)
+        net: hw.LatentModel
+        if self.kind == "sbn":
+            net = hw.LinearSBN(self.n_visible, self.n_latent, self.n_layers, xbar)
+        else:
+            net = hw.CategoricalVAE(self.n_visible, self.n_groups, self.n_classes, xbar)
+        return net.to(device)
+
+
+def _xbar(n_visible: int) -> Tensor:
+    # Synthetic "pixel means": step time does not depend on the data values, and the suite
+    # must run without the MNIST download.
+    g = torch.Generator().manual_seed(1234)
+    return torch.rand(n_visible, generator=g) * 0.6 + 0.05
+
+
+def make_batch(spec: ModelSpec, batch: int, device: torch.device) -> Tensor:
+    g = torch.Generator().manual_seed(batch)
+    probs = _xbar(spec.n_visible).expand(batch, -1)
+    return torch.bernoulli(probs, generator=g).to(device)
+
+
+@dataclass
+class Variant:
+    impl: str
+    estimator: str
+    step: Callable[[Tensor], object]
+    scope: Callable[[], contextlib.AbstractContextManager]
+    note: str = ""
+    times: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+@contextlib.contextmanager
+def _no_scope() -> Iterator[None]:
+    yield
+
+
+def _pyro_scope() -> Callable[[], contextlib.AbstractContextManager]:
+    # Each Pyro variant keeps its own param store so that names (and any control-variate
+    # parameters an ELBO registers) never collide between variants or model sizes.
+    state: dict = {"params": {}, "constraints": {}}
+    return lambda: pyro.get_param_store().scope(state)
+
+
+def build_variants(
+    spec: ModelSpec,
+    estimator: str,
+    device: torch.device,
+    impls: tuple[str, ...],
+    seed: int = 0,
+) -> list[Variant]:
+    out: list[Variant] = []
+    if "handwritten" in impls:
+        step = hw.make_step(estimator, spec.build(seed, device))
+        out.append(Variant("handwritten", estimator, step.step, _no_scope))
+    if "pyro_discrete" in impls:
+        ok, why = discrete_elbo_available()
+        if ok:
+            net = spec.build(seed, device)
+            pair = PyroPair(net, f"pd_{estimator}")
+            try:
+                svi = make_svi(pair, discrete_loss(estimator))
+                out.append(Variant("pyro_discrete", estimator, svi.step, _pyro_scope()))
+            except Exception as exc:  # report, keep benchmarking the rest
+                v = Variant("pyro_discrete", estimator, _unavailable, _no_scope)
+                v.error = f"{type(exc).__name__}: {exc}"
+                out.append(v)
+        else:
+            v = Variant("pyro_discrete", estimator, _unavailable, _no_scope)
+            v.error = f"skipped: pyro_discrete.infer.DiscreteELBO not importable ({why})"
+            out.append(v)
+    if "tracegraph" in impls and estimator in ("reinforce", "nvil"):
+        net = spec.build(seed, device)
+        baselines = nvil_baselines(net) if estimator == "nvil" else None
+        pair = PyroPair(net, f"tg_{estimator}", baselines)
+        svi = make_svi(pair, tracegraph_loss())
+        note = "Pyro nn_baseline, no variance normalisation" if estimator == "nvil" else ""
+        out.append(Variant("tracegraph", estimator, svi.step, _pyro_scope(), note))
+    return out
+
+
+def _unavailable(x: Tensor) -> None:
+    raise RuntimeError("variant unavailable")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_variants(
+    variants: list[Variant],
+    x: Tensor,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    budget_s: float,
+    rng: random.Random,
+) -> None:
+    """Fill ``v.times`` (seconds per step); a failing variant gets ``v.error`` instead."""
+    live = [v for v in variants if not v.error]
+    est: dict[int, float] = {}
+    for v in live:
+        try:
+            with v.scope():
+                t0 = time.perf_counter()
+                for _ in range(max(warmup, 1)):
+                    v.step(x)
+                _sync(device)
+                est[id(v)] = (time.perf_counter() - t0) / max(warmup, 1)
+        except Exception as exc:
+            v.error = f"{type(exc).__name__}: {exc}"
+    live = [v for v in live if not v.error]
+    for _ in range(rounds):
+        rng.shuffle(live)
+        for v in live:
+            # Cap the time spent on slow configurations; every variant still gets at least
+            # one timed step per round.
+            n = max(1, min(steps, math.ceil(budget_s / rounds / max(est[id(v)], 1e-6))))
+            with v.scope():
+                for _ in range(n):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    v.step(x)
+                    _sync(device)
+                    v.times.append(time.perf_counter() - t0)
+
+
+def peak_step_memory(v: Variant, x: Tensor, device: torch.device) -> float:
+    """Peak bytes allocated during one step above what was live before it."""
+    with v.scope():
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            v.step(x)
+            _sync(device)
+            return float(torch.cuda.max_memory_allocated(device) - before)
+        # tracemalloc cannot see torch's allocator; the profiler's allocation records can.
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            v.step(x)
+        records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        records.sort(key=lambda e: e.start_ns())
+        current = peak = 0
+        cpu = torch._C._autograd.DeviceType.CPU
+        for e in records:
+            if e.device_type() == cpu:
+                current += e.nbytes()
+                peak = max(peak, current)
+        return float(peak)
+
+
+@dataclass
+class Row:
+    table: str
+    device: str
+    threads: int
+    model: str
+    impl: str
+    estimator: str
+    batch: int
+    layers: int
+    categories: int
+    median_ms: float | None = None
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+    n_steps: int = 0
+    ratio_vs_handwritten: float | None = None
+    peak_mb: float | None = None
+    peak_vs_reinforce: float | None = None
+    status: str = "ok"
+    note: str = ""
+
+
+def _quantiles(times: list[float]) -> tuple[float, float, float]:
+    ms = sorted(t * 1e3 for t in times)
+    if len(ms) == 1:
+        return ms[0], ms[0], ms[0]
+    q = statistics.quantiles(ms, n=4, method="inclusive")
+    return q[0], statistics.median(ms), q[2]
+
+
+def measure(
+    table: str,
+    spec: ModelSpec,
+    batch: int,
+    estimators: tuple[str, ...],
+    impls: tuple[str, ...],
+    args: argparse.Namespace,
+    device: torch.device,
+    rng: random.Random,
+    with_memory: bool = False,
+) -> list[Row]:
+    variants: list[Variant] = []
+    for est in estimators:
+        variants += build_variants(spec, est, device, impls)
+    x = make_batch(spec, batch, device)
+    time_variants(variants, x, device, args.warmup, args.rounds, args.steps, args.budget, rng)
+    rows = []
+    hand = {
+        v.estimator: statistics.median(v.times)
+        for v in variants
+        if v.impl == "handwritten" and v.times
+    }
+    for v in variants:
+        row = Row(
+            table=table,
+            device=device.type,
+            threads=torch.get_num_threads(),
+            model=spec.label(),
+            impl=v.impl,
+            estimator=v.estimator,
+            batch=batch,
+            layers=spec.n_layers if spec.kind == "sbn" else 1,
+            categories=spec.n_classes if spec.kind == "categorical" else 2,
+            note=v.note,
+        )
+        if v.error:
+            row.status = v.error.splitlines()[0][:300]
+        elif v.times:
+            row.q1_ms, row.median_ms, row.q3_ms = _quantiles(v.times)
+            row.n_steps = len(v.times)
+            if v.estimator in hand:
+                row.ratio_vs_handwritten = statistics.median(v.times) / hand[v.estimator]
+            if with_memory:
+                try:
+                    row.peak_mb = peak_step_memory(v, x, device) / 2**20
+                except Exception as exc:
+                    row.note = (row.note + f"; memory: {type(exc).__name__}: {exc}").strip("; ")
+        rows.append(row)
+    if with_memory:
+        base = {r.impl: r.peak_mb for r in rows if r.estimator == "reinforce" and r.peak_mb}
+        for r in rows:
+            if r.peak_mb is not None and base.get(r.impl):
+                r.peak_vs_reinforce = r.peak_mb / base[r.impl]
+    for v in variants:
+        v.times.clear()
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def headline_table(rows: list[Row], device: str) -> str:
+    targets = TARGETS.get(device, {})
+    body = []
+    keyed = {(r.impl, r.estimator, r.batch): r for r in rows}
+    for batch in sorted({r.batch for r in rows}):
+        for est in sorted({r.estimator for r in rows}, key=hw.ESTIMATORS.index):
+            h = keyed.get(("handwritten", est, batch))
+            ours = keyed.get(("pyro_discrete", est, batch))
+            tg = keyed.get(("tracegraph", est, batch))
+            target = targets.get(batch)
+            verdict = ""
+            if ours and ours.ratio_vs_handwritten is not None and target is not None:
+                verdict = "pass" if ours.ratio_vs_handwritten <= target else "FAIL"
+            elif ours and ours.status != "ok":
+                verdict = "n/a"
+            body.append(
+                [
+                    str(batch),
+                    est,
+                    _fmt(h.median_ms if h else None),
+                    _fmt(ours.median_ms if ours else None),
+                    _fmt(ours.ratio_vs_handwritten if ours else None),
+                    "" if target is None else f"≤ {target}",
+                    verdict,
+                    _fmt(tg.median_ms if tg else None),
+                    _fmt(tg.ratio_vs_handwritten if tg else None),
+                ]
+            )
+    header = [
+        "batch",
+        "estimator",
+        "hand-written ms",
+        "pyro_discrete ms",
+        "ours / hand",
+        "target",
+        "verdict",
+        "TraceGraph ms",
+        "TraceGraph / hand",
+    ]
+    return _md_table(header, body)
+
+
+def memory_table(rows: list[Row]) -> str:
+    body = [
+        [r.impl, r.estimator, str(r.batch), _fmt(r.peak_mb), _fmt(r.peak_vs_reinforce)]
+        for r in rows
+        if r.peak_mb is not None
+    ]
+    header = ["impl", "estimator", "batch", "peak MB in one step", "× REINFORCE (same impl)"]
+    return _md_table(header, body)
+
+
+def scaling_table(rows: list[Row], key: str) -> str:
+    body = []
+    for r in rows:
+        body.append(
+            [
+                str(getattr(r, key)),
+                r.impl,
+                r.estimator,
+                _fmt(r.median_ms),
+                _fmt(r.ratio_vs_handwritten),
+                "" if r.status == "ok" else r.status[:80],
+            ]
+        )
+    header = [key, "impl", "estimator", "median ms", "/ hand-written", "status"]
+    return _md_table(header, body)
+
+
+def status_notes(rows: list[Row]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        if r.status != "ok":
+            seen.setdefault(f"{r.impl} {r.estimator}: {r.status}", None)
+    return list(seen)
+
+
+def plot_scaling(tables: dict[str, tuple[str, list[Row]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
+    styles = {"handwritten": "-", "pyro_discrete": "--", "tracegraph": ":"}
+    for ax, (title, (key, rows)) in zip(axes[0], tables.items(), strict=True):
+        for impl in IMPLS:
+            for est in hw.ESTIMATORS:
+                pts = sorted(
+                    (getattr(r, key), r.median_ms)
+                    for r in rows
+                    if r.impl == impl and r.estimator == est and r.median_ms
+                )
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    ax.plot(xs, ys, styles[impl], marker="o", ms=3, label=f"{impl} {est}")
+        ax.set_xscale("log" if key != "layers" else "linear")
+        ax.set_yscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("median ms / step")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_storchastic(args: argparse.Namespace, out: Path) -> tuple[str, dict | None]:
+    """Run the storchastic peer in a subprocess; return a Markdown section and its JSON."""
+    import importlib.util
+
+    if importlib.util.find_spec("storch") is None:
+        return (
+            "storchastic is not installed; `pip install -c constraints.txt -e .[bench]` "
+            "adds it (the peer runs in its own process).",
+            None,
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.storchastic_peer",
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+    ]
+    if args.quick:
+        cmd.append("--quick")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.storchastic_timeout)
+    except subprocess.TimeoutExpired:
+        return f"storchastic peer timed out after {args.storchastic_timeout} s", None
+    path = out / "storchastic.json"
+    if proc.returncode != 0 or not path.exists():
+        tail = (proc.stdout + proc.stderr)[-1500:]
+        return f"storchastic peer failed (exit {proc.returncode}):\n\n```\n{tail}\n```", None
+    data = json.loads(path.read_text())
+    return data.get("markdown", ""), data
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch-sizes", default=None, help="headline batches, e.g. 24,256")
+    p.add_argument("--estimators", default=",".join(hw.ESTIMATORS))
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
+    p.add_argument("--out", default="runs/bench", help="output directory")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per round (at most)")
+    p.add_argument("--budget", type=float, default=4.0, help="seconds per variant per config")
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-storchastic", action="store_true")
+    p.add_argument("--storchastic-timeout", type=int, default=900)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.rounds, args.steps, args.budget = 1, 1, 2, 0.5
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda requested but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    # Validation is a debugging aid; the hand-written steps do not validate either.
+    pyro.enable_validation(False)
+    rng = random.Random(args.seed)
+    estimators = tuple(e for e in args.estimators.split(",") if e)
+    impls = tuple(i for i in args.impls.split(",") if i)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    default_batches = {"cpu": "24,256", "cuda": "24,1024"}[device.type]
+    batches = [int(b) for b in (args.batch_sizes or default_batches).split(",")]
+    if args.quick:
+        base = ModelSpec(n_visible=64, n_latent=16)
+        batches = batches if args.batch_sizes else [8]
+        scale_batches, scale_layers, scale_classes = [8, 32], [1, 2], [2, 5]
+        cat_groups = 3
+    else:
+        base = ModelSpec()
+        scale_batches = [24, 64, 256, 1024, 4096]
+        scale_layers = [1, 2, 4, 8]
+        scale_classes = [2, 10, 100, 1000]
+        cat_groups = 10
+
+    ok, why = discrete_elbo_available()
+    header = [
+        f"device: {device.type}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}",
+        f"python {platform.python_version()}, {platform.machine()}, cpus {os.cpu_count()}",
+        f"timing: warm-up {args.warmup}, {args.rounds} interleaved rounds of ≤ {args.steps} "
+        f"steps, median; Pyro validation off; synthetic binary data",
+    ]
+    if not ok:
+        header.append(
+            "NOTE: pyro_discrete rows skipped: pyro_discrete.infer.DiscreteELBO does not "
+            f"import yet ({why}); they are picked up automatically once it does."
+        )
+    for line in header:
+        print(line)
+    print()
+
+    all_rows: list[Row] = []
+    sections: list[str] = ["# pyro_discrete benchmarks", "", *[f"- {h}" for h in header], ""]
+
+    def emit(title: str, text: str) -> None:
+        print(f"## {title}\n\n{text}\n", flush=True)
+        sections.extend([f"## {title}", "", text, ""])
+
+    headline_rows: list[Row] = []
+    for batch in batches:
+        rows = measure(
+            "headline",
+            base,
+            batch,
+            estimators,
+            impls,
+            args,
+            device,
+            rng,
+            with_memory=not args.no_memory,
+        )
+        headline_rows += rows
+    all_rows += headline_rows
+    emit(
+        f"Step time on the {base.label()} ({device.type})",
+        headline_table(headline_rows, device.type)
+        + "\n\nRatios divide by the hand-written step of the same estimator; TraceGraph "
+        "NVIL is Pyro's nn_baseline (no variance normalisation); TraceGraph has no "
+        "REBAR/RELAX.",
+    )
+    if not args.no_memory:
+        emit(
+            "Peak memory of one step (target: REBAR/RELAX within 3× REINFORCE)",
+            memory_table(headline_rows),
+        )
+
+    plots: dict[str, tuple[str, list[Row]]] = {}
+    if not args.no_scaling:
+        # Headline batches are not timed twice; their rows are copied into this table.
+        rows = [
+            dataclasses.replace(r, table="batch", peak_mb=None, peak_vs_reinforce=None)
+            for r in headline_rows
+            if r.batch in scale_batches
+        ]
+        for batch in scale_batches:
+            if batch not in batches:
+                rows += measure("batch", base, batch, estimators, impls, args, device, rng)
+        rows.sort(key=lambda r: (r.batch, r.impl, r.estimator))
+        all_rows += rows
+        emit(f"Scaling with batch size ({base.label()})", scaling_table(rows, "batch"))
+        plots["batch size"] = ("batch", rows)
+
+        rows = []
+        batch0 = scale_batches[0]
+        for layers in scale_layers:
+            spec = ModelSpec(n_visible=base.n_visible, n_latent=base.n_latent, n_layers=layers)
+            rows += measure("layers", spec, batch0, estimators, impls, args, device, rng)
+        all_rows += rows
+        emit(
+            f"Scaling with stochastic layers (linear SBN, batch {batch0})",
+            scaling_table(rows, "layers"),
+        )
+        plots["stochastic layers"] = ("layers", rows)
+
+        rows = []
+        for classes in scale_classes:
+            spec = ModelSpec(
+                kind="categorical",
+                n_visible=base.n_visible,
+                n_groups=cat_groups,
+                n_classes=classes,
+            )
+            rows += measure("categories", spec, batch0, estimators, impls, args, device, rng)
+        all_rows += rows
+        emit(
+            f"Scaling with category count ({cat_groups} one-hot latents, batch {batch0})",
+            scaling_table(rows, "categories"),
+        )
+        plots["categories"] = ("categories", rows)
+        plot_scaling(plots, out / "scaling.png")
+
+    notes = status_notes(all_rows)
+    if notes:
+        emit("Variants that did not run", "\n".join(f"- {n}" for n in notes))
+
+    if not args.no_storchastic:
+        text, _ = run_storchastic(args, out)
+        emit("storchastic (peer, separate process)", text)
+
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(asdict(all_rows[0]).keys()))
+        writer.writeheader()
+        for r in all_rows:
+            writer.writerow(asdict(r))
+    (out / "results.md").write_text("\n".join(sections))
+    meta = {
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "args": vars(args),
+        "pyro_discrete_available": ok,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    print(
+        f"wrote {out / 'results.csv'}, {out / 'results.md'}"
+        + (f", {out / 'scaling.png'}" if plots else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
