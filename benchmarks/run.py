@@ -531,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         f"device: {device.type}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}",
-        f"python {platform.python_version()}, {platform.machine()}, cpus {os.cpu_count()}",
+        f"python {platform.python_version()}, {platform.machine()}, cpus {os.cpu_count()}, "
+        "load average at start " + ", ".join(f"{v:.1f}" for v in os.getloadavg()),
         f"timing: warm-up {args.warmup}, {args.rounds} interleaved rounds of ≤ {args.steps} "
         f"steps, median; Pyro validation off; synthetic binary data",
     ]
@@ -645,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         "pyro": pyro.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "loadavg_end": os.getloadavg(),
         "args": vars(args),
         "pyro_discrete_available": ok,
     }
