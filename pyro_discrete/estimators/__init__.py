@@ -1,0 +1,37 @@
+"""Estimator math as pure tensor functions, free of Pyro trace code.
+
+Each module holds one estimator family: the formula in its docstring, the tensors in and
+out. :mod:`pyro_discrete.infer` composes them with the model and guide.
+"""
+
+from pyro_discrete.estimators.arm import (
+    antithetic_uniform,
+    arm_logit_gradient,
+    disarm_logit_gradient,
+)
+from pyro_discrete.estimators.muprop import muprop_surrogate
+from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
+from pyro_discrete.estimators.rebar import rebar_logit_gradient
+from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
+from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
+from pyro_discrete.estimators.rloo import leave_one_out_signal
+from pyro_discrete.estimators.vimco import vimco_bound_and_signals, vimco_surrogate
+
+__all__ = [
+    "antithetic_uniform",
+    "arm_logit_gradient",
+    "decaying_average",
+    "disarm_logit_gradient",
+    "gradient_variance_loss",
+    "leave_one_out_signal",
+    "logit_score",
+    "muprop_surrogate",
+    "nvil_baseline_loss",
+    "nvil_signal",
+    "nvil_update_statistics",
+    "rebar_logit_gradient",
+    "relax_logit_gradient",
+    "score_surrogate",
+    "vimco_bound_and_signals",
+    "vimco_surrogate",
+]

@@ -1,0 +1,354 @@
+r"""``DiscreteELBO``: one SVI loss for models with discrete latents, estimator by argument.
+
+>>> import torch, pyro, pyro.distributions as dist
+>>> from pyro.infer import SVI
+>>> from pyro.optim import Adam
+>>> from pyro_discrete.infer import DiscreteELBO
+>>> def model(x):
+...     with pyro.plate("data", len(x)):
+...         z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(len(x), 3)).to_event(1))
+...         pyro.sample("x", dist.Normal(z.sum(-1), 1.0), obs=x)
+>>> def guide(x):
+...     logits = pyro.param("logits", torch.zeros(3))
+...     with pyro.plate("data", len(x)):
+...         pyro.sample("z", dist.Bernoulli(logits=logits.expand(len(x), 3)).to_event(1))
+>>> svi = SVI(model, guide, Adam({"lr": 0.01}), loss=DiscreteELBO(estimator="rebar"))
+>>> loss = svi.step(torch.tensor([2.0, 3.0]))
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match
+from torch import Tensor
+
+from pyro_discrete.distributions import functional as F
+from pyro_discrete.estimators import vimco_surrogate
+from pyro_discrete.infer.evaluation import (
+    GUIDE,
+    DiscreteSite,
+    Evaluation,
+    _GuidePolicy,
+    _vectorized_frames,
+    cost_terms,
+    dependency_map,
+    reduce_to_site,
+    structure_key,
+)
+from pyro_discrete.infer.site_estimators import (
+    VIMCO,
+    SiteEstimator,
+    StepTerms,
+    make_estimator,
+)
+from pyro_discrete.infer.sites import SiteError, describe, is_relaxable, site_logits
+
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+class DiscreteELBO(ELBO):
+    r"""An ELBO for :class:`pyro.infer.SVI` whose gradient estimator for discrete guide
+    sites is chosen by one argument.
+
+    Guide sample sites that are not reparameterisable (``Bernoulli``, ``Categorical``,
+    ``OneHotCategorical``, also behind ``.expand``, ``.to_event``, ``.mask``, plates and
+    subsampling) get the chosen estimator; reparameterised sites keep their pathwise
+    gradient and model sites behave as in :class:`pyro.infer.Trace_ELBO`. Each discrete
+    site's learning signal holds only the cost terms that depend on it (provenance
+    tracking, as Pyro's ``TraceGraph_ELBO``), reduced per element of the plates it shares
+    with them.
+
+    :param str estimator: one of ``"reinforce"``, ``"nvil"``, ``"muprop"``, ``"rloo"``,
+        ``"vimco"``, ``"arm"``, ``"disarm"``, ``"rebar"``, ``"relax"``, ``"gumbel"``,
+        ``"st"``, ``"gumbel_rao"``. A guide site's ``infer={"estimator": name,
+        "estimator_options": {...}}`` overrides it for that site.
+    :param int num_particles: samples per step; ``"rloo"`` and ``"vimco"`` need at least
+        2 and always evaluate them as one vectorised batch.
+    :param int max_plate_nesting: as in Pyro; guessed when needed and not given.
+    :param bool vectorize_particles: evaluate particles as one batch (as in Pyro).
+    :param bool cache_dependencies: find which costs depend on which site once per trace
+        structure (site names, shapes, plates) instead of every step. Turn it off only for
+        models whose data flow between sites changes with the sampled values while the
+        sites stay the same.
+    :param estimator_options: options of the chosen estimator (see its class), e.g.
+        ``temperature=0.5, learn_control_variates=False`` for ``"rebar"``.
+    """
+
+    def __init__(
+        self,
+        estimator: str = "reinforce",
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
+        cache_dependencies: bool = True,
+        **estimator_options,
+    ):
+        self.estimator = make_estimator(estimator, **estimator_options)
+        if self.estimator.multi_sample:
+            if num_particles < 2:
+                raise ValueError(
+                    f"estimator '{estimator}' needs num_particles >= 2, got {num_particles}"
+                )
+            vectorize_particles = True
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+        )
+        self.cache_dependencies = cache_dependencies
+        self._site_estimators: dict[tuple, SiteEstimator] = {}
+        self._dependency_cache: dict[tuple, dict] = {}
+
+    # -- estimator per site -------------------------------------------------------------
+
+    def _estimator_for(self, msg) -> SiteEstimator:
+        infer = msg["infer"]
+        name = infer.get("estimator")
+        options = infer.get("estimator_options", {})
+        if name is None and not options:
+            return self.estimator
+        name = name or self.estimator.name
+        key = (name, tuple(sorted((k, id(v)) for k, v in options.items())))
+        estimator = self._site_estimators.get(key)
+        if estimator is None:
+            estimator = make_estimator(name, **options)
+            self._site_estimators[key] = estimator
+        return estimator
+
+    def _estimators(self):
+        yield self.estimator
+        yield from self._site_estimators.values()
+
+    # -- the base pass --------------------------------------------------------------------
+
+    def _wrap(self, fn: Callable) -> Callable:
+        return self._vectorized_num_particles(fn) if self.vectorize_particles else fn
+
+    def _evaluate(self, model, guide, args, kwargs) -> Evaluation:
+        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        model, guide = self._wrap(model), self._wrap(guide)
+        records: dict[str, DiscreteSite] = {}
+
+        def choose(msg):
+            fn = msg["fn"]
+            if isinstance(fn, _Subsample) or getattr(fn, "has_rsample", False):
+                return None
+            name = msg["name"]
+            if msg["infer"].get("enumerate"):
+                raise SiteError(
+                    f"guide site '{name}' is marked infer={{'enumerate': ...}}; DiscreteELBO "
+                    "samples discrete sites: remove the flag, or use TraceEnum_ELBO to "
+                    "enumerate it"
+                )
+            estimator = self._estimator_for(msg)
+            leaf = describe(fn)
+            estimator.check_site(name, leaf.kind, leaf.name)
+            site = DiscreteSite(name, estimator, leaf.kind, fn, None, -1, ())
+            records[name] = site
+            if not is_relaxable(leaf.kind):
+                return None
+            site.logits = site_logits(fn, leaf)
+            site.noise = F.uniform_like(site.logits)
+            site.z = site.sample_z(site.logits, site.noise)
+            site.hard = site.threshold(site.z).detach()
+            return estimator.base_value(site)
+
+        with _GuidePolicy(choose):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        subsamples = {
+            name: node["value"]
+            for name, node in guide_trace.nodes.items()
+            if node["type"] == "sample" and isinstance(node["fn"], _Subsample)
+        }
+        pruned_model = prune_subsample_sites(model_trace)
+        pruned_guide = prune_subsample_sites(guide_trace)
+        order = {name: i for i, name in enumerate(guide_trace.nodes)}
+        sites = {}
+        for name, site in records.items():
+            node = guide_trace.nodes[name]
+            site.value = node["value"]
+            site.order = order[name]
+            site.frames = _vectorized_frames(node)
+            if site.hard is None:
+                site.hard = site.value
+            sites[name] = site
+
+        key = structure_key(pruned_model, pruned_guide)
+        deps = self._dependency_cache.get(key) if self.cache_dependencies else None
+        if deps is None:
+            deps = dependency_map(model, guide, args, kwargs, guide_trace, frozenset(sites))
+            if self.cache_dependencies:
+                self._dependency_cache[key] = deps
+
+        particle_frame = None
+        if self.vectorize_particles and self.num_particles > 1:
+            particle_frame = (PARTICLE_PLATE, -int(self.max_plate_nesting))
+        return Evaluation(
+            model=model,
+            guide=guide,
+            args=args,
+            kwargs=kwargs,
+            model_trace=pruned_model,
+            guide_trace=guide_trace,
+            sites=sites,
+            costs=cost_terms(pruned_model, pruned_guide, relaxed=True),
+            deps=deps,
+            particle_frame=particle_frame,
+            subsamples=subsamples,
+        )
+
+    # -- assembling one step --------------------------------------------------------------
+
+    def _particle_step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
+        """One (possibly vectorised) evaluation: ``(elbo, surrogate loss)``."""
+        ev = self._evaluate(model, guide, args, kwargs)
+        terms = StepTerms()
+        estimators = {type(site.estimator) for site in ev.sites.values()}
+        if VIMCO in estimators:
+            elbo, surrogate = self._vimco(ev)
+        else:
+            for site in ev.sites.values():
+                if site.estimator.multi_sample and ev.particle_frame is None:
+                    raise SiteError(
+                        f"site '{site.name}' uses estimator '{site.estimator.name}', which "
+                        "needs several particles: set DiscreteELBO(num_particles=K >= 2, "
+                        "vectorize_particles=True)"
+                    )
+            elbo = sum(c.value.sum() for c in ev.costs).detach()
+            surrogate = 0.0
+            for cost in ev.costs:
+                site = ev.sites.get(cost.key[1]) if cost.key[0] == GUIDE else None
+                if site is None or site.estimator.pathwise:
+                    surrogate = surrogate + cost.value.sum()
+            for site in ev.sites.values():
+                surrogate = surrogate + site.estimator.surrogate(ev, site, terms)
+        loss = -surrogate + terms.fit_loss
+        for variance, params in terms.variance:
+            grads = torch.autograd.grad(variance, params, retain_graph=True, allow_unused=True)
+            for g, p in zip(grads, params, strict=True):
+                if g is not None:
+                    loss = loss + (g.detach() * p).sum()
+        scale = self.num_particles if ev.particle_frame is not None else 1
+        return elbo / scale, loss / scale
+
+    def _vimco(self, ev: Evaluation) -> tuple[Tensor, Tensor]:
+        for site in ev.sites.values():
+            if not isinstance(site.estimator, VIMCO):
+                raise SiteError(
+                    "estimator 'vimco' optimises the multi-sample bound of the whole model, "
+                    f"so every discrete guide site must use it; site '{site.name}' uses "
+                    f"'{site.estimator.name}'"
+                )
+        common = None
+        for cost in ev.costs:
+            frames = set(cost.frames)
+            common = frames if common is None else common & frames
+        common = common or set()
+        particle = ev.particle_frame
+        if particle not in common:
+            common.add(particle)
+        # Reduce to the plates every cost shares (per-datum bounds when all latents are
+        # local), as a pseudo-site whose batch shape spans the particle dim.
+        ndim = -min(d for _, d in common)
+        pseudo = DiscreteSite("", None, "", _ShapeOnly(ndim), None, -1, tuple(common))
+        log_w = sum(reduce_to_site(c.value, c.frames, pseudo) for c in ev.costs)
+        log_q = 0.0
+        for site in ev.sites.values():
+            frames = _vectorized_frames(ev.guide_trace.nodes[site.name])
+            log_q = log_q + reduce_to_site(ev.score(site), frames, pseudo)
+        log_q = torch.as_tensor(log_q).expand_as(log_w) if not torch.is_tensor(log_q) else log_q
+        surrogate, bound = vimco_surrogate(log_w, log_q.expand_as(log_w), particle[1])
+        return bound.sum().detach() * self.num_particles, surrogate * self.num_particles
+
+    def _step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
+        if self.vectorize_particles:
+            elbo, loss = self._particle_step(model, guide, args, kwargs)
+        else:
+            elbo, loss = 0.0, 0.0
+            for _ in range(self.num_particles):
+                e, l_ = self._particle_step(model, guide, args, kwargs)
+                elbo, loss = elbo + e / self.num_particles, loss + l_ / self.num_particles
+        for estimator in self._estimators():
+            estimator.end_step()
+        return elbo, loss
+
+    # -- the ELBO interface -----------------------------------------------------------------
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """A guide trace and the model trace replayed against it (the base pass)."""
+        ev = self._evaluate(model, guide, args, kwargs)
+        return ev.model_trace, ev.guide_trace
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """A loss whose value is minus the ELBO estimate (minus the bound for VIMCO) and
+        whose gradient is the chosen estimator's; usable with ``elbo(model, guide)``
+        (:class:`pyro.infer.elbo.ELBOModule`) and any torch optimizer."""
+        elbo, loss = self._step(model, guide, args, kwargs)
+        return -elbo + (loss - loss.detach())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Back-propagate the estimator's gradient; return minus the ELBO estimate."""
+        elbo, loss = self._step(model, guide, args, kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        value = -float(elbo)
+        _warn_if_nan(value)
+        return value
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """Minus the ELBO (or, for VIMCO, the K-sample bound) from hard samples, no grads."""
+        with torch.no_grad():
+            if isinstance(self.estimator, VIMCO):
+                elbo, _ = self._particle_step(model, guide, args, kwargs)
+                return -float(elbo)
+            total = 0.0
+            runs = 1 if self.vectorize_particles else self.num_particles
+            for _ in range(runs):
+                with poutine.block():
+                    guide_trace = poutine.trace(self._wrap(guide)).get_trace(*args, **kwargs)
+                    model_trace = poutine.trace(
+                        poutine.replay(self._wrap(model), trace=guide_trace)
+                    ).get_trace(*args, **kwargs)
+                costs = cost_terms(
+                    prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+                )
+                total += float(sum(c.value.sum() for c in costs))
+            value = -total / self.num_particles
+            _warn_if_nan(value)
+            return value
+
+
+class _ShapeOnly:
+    """Stands in for a distribution where only a batch rank is needed."""
+
+    def __init__(self, ndim: int):
+        self.batch_shape = torch.Size((1,) * ndim)
+        self.event_shape = torch.Size()
+
+
+def _warn_if_nan(value: float) -> None:
+    if value != value:
+        warnings.warn(
+            "DiscreteELBO: the loss is NaN; check the model's log-densities (a probability "
+            "of exactly 0 or 1, or logits that overflow) and the learning rate",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_ = pyro  # the param store and module registration run through pyro's global state
