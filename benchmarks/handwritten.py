@@ -417,20 +417,28 @@ class NVIL(Step):
 
 
 class _ResidualNet(nn.Module):
-    """RELAX's r_ρ(z): a small ReLU MLP on one layer's logistic/Gumbel variable."""
+    """RELAX's r_ρ: a ReLU MLP on one layer's [z, logits] (logits detached).
 
-    def __init__(self, n_in: int, hidden: Sequence[int] = (200,)) -> None:
+    The logits carry the encoder's input and the upstream samples, so r_ρ can adapt to the
+    data point as the official code's [x - x̄, z, b_<l] input does; this matches
+    ``pyro_discrete``'s default surrogate network (two 200-unit layers), which keeps the
+    timing comparison like for like. A fixed function of z for the θ-gradient, so RELAX
+    stays unbiased.
+    """
+
+    def __init__(self, n_in: int, hidden: Sequence[int] = (200, 200)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        d = n_in
+        d = 2 * n_in
         for h in hidden:
             layers += [nn.Linear(d, h), nn.ReLU()]
             d = h
         layers.append(nn.Linear(d, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z.reshape(z.shape[0], -1)).squeeze(-1)
+    def forward(self, z: Tensor, logits: Tensor) -> Tensor:
+        feats = torch.cat([z.reshape(z.shape[0], -1), logits.reshape(z.shape[0], -1)], -1)
+        return self.net(feats).squeeze(-1)
 
 
 @dataclass
@@ -448,7 +456,7 @@ class Rebar(Step):
     """REBAR (Tucker et al. 2017); ``use_residual=True`` gives RELAX (Grathwohl et al. 2018).
 
     ĝ_k = [f(b) - c(z̃_k)] ∂ log q_k(b_k) + ∂ c(z_k) - ∂ c(z̃_k) + ∂ f(b)|direct for each
-    stochastic layer k, with c(z) = η_k f(σ_λ(z)) (+ r_ρk(z) for RELAX), layers < k hard
+    stochastic layer k, with c(z) = η_k f(σ_λ(z)) (+ r_ρk(z, a_k) for RELAX), layers < k hard
     and layers > k relaxed (1 + 2L evaluations of f). η_k = 2σ(w_k) per layer, one shared
     log λ; φ = {w, log λ, ρ} minimises Σ ĝ² (single-sample E[ĝ²]) with a double backward.
     The generative parameters receive ∂ f(b) only.
@@ -468,7 +476,7 @@ class Rebar(Step):
         use_residual: bool = False,
         eta0: float = 1.0,
         lam0: float = 0.5,
-        residual_hidden: Sequence[int] = (200,),
+        residual_hidden: Sequence[int] = (200, 200),
         cv_lr_scale: float = 10.0,
         stop_coefficient_grad: bool = True,
     ) -> None:
@@ -527,7 +535,7 @@ class Rebar(Step):
             c_z, c_zc = eta[k] * f_z, eta[k] * f_zc
             sources = [f_zc]
             if self.use_residual:
-                r = self.residuals[k](zz)
+                r = self.residuals[k](zz, torch.cat([a.detach(), a.detach()]))
                 c_z, c_zc = c_z + r[:batch], c_zc + r[batch:]
                 sources.append(r[batch:])
             if self.stop_coefficient_grad:

@@ -128,7 +128,10 @@ def build_variants(
         ok, why = discrete_elbo_available()
         if ok:
             net = spec.build(seed, device)
-            pair = PyroPair(net, f"pd_{estimator}")
+            # NVIL's baseline reads x through the site's infer dict, as in the other two
+            # implementations (pyro_discrete would otherwise build one on the logits).
+            baselines = nvil_baselines(net) if estimator == "nvil" else None
+            pair = PyroPair(net, f"pd_{estimator}", baselines)
             try:
                 svi = make_svi(pair, discrete_loss(estimator))
                 out.append(Variant("pyro_discrete", estimator, svi.step, _pyro_scope()))
