@@ -1,0 +1,88 @@
+"""Sphinx configuration for the pyro_discrete documentation (``make docs``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pyro_discrete  # noqa: E402
+
+project = "pyro_discrete"
+author = "pyro_discrete developers"
+copyright = "2026, pyro_discrete developers"
+release = pyro_discrete.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.doctest",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build"]
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = True
+
+# The doctest builder (sphinx-build -b doctest) shares these imports with every block.
+doctest_global_setup = """
+import torch
+import pyro
+torch.manual_seed(0)
+"""
+
+html_theme = "sphinx_rtd_theme"
+html_title = f"pyro_discrete {release}"
+html_static_path: list[str] = []
+
+
+def _write_cli_help() -> None:
+    """Capture ``pyro-discrete --help`` (and each subcommand's) for the CLI page.
+
+    Generated at build time so the page cannot drift from the parser; a failure is
+    written into the page, where ``-W`` builds still notice the missing CLI through the
+    automodule directive.
+    """
+    # Under _build (ignored by git and excluded from the sources), not beside the pages.
+    out = Path(__file__).parent / "_build" / "generated"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def helptext(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pyro_discrete.cli", *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "COLUMNS": "88"},
+        )
+        return proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr
+
+    top = helptext()
+    parts = [top]
+    # Subcommands appear in argparse's "{a,b,c}" choice list of the top-level help.
+    for line in top.splitlines():
+        line = line.strip()
+        if line.startswith("{") and "}" in line:
+            for sub in line[1 : line.index("}")].split(","):
+                parts.append(f"\n$ pyro-discrete {sub} --help\n" + helptext(sub))
+            break
+    (out / "cli_help.txt").write_text("$ pyro-discrete --help\n" + "".join(parts))
+
+
+_write_cli_help()
