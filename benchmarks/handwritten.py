@@ -461,10 +461,19 @@ class Rebar(Step):
     log λ; φ = {w, log λ, ρ} minimises Σ ĝ² (single-sample E[ĝ²]) with a double backward.
     The generative parameters receive ∂ f(b) only.
 
-    The coefficient [f(b) - c(z̃)] must be a constant in θ but not in φ. It enters the
-    surrogate as a detached leaf; ∂(Σĝ²)/∂leaf is then pushed through the graph of
-    c(z̃) to φ alone (a vector-Jacobian product in which z̃ is held fixed), which is the
-    "by hand" λ-term of the official code.
+    ``variance_of`` picks which ĝ is squared:
+
+    * ``"logits"`` (default, as ``pyro_discrete`` does): ĝ with respect to each layer's
+      logits, per data point, ĝ_a = [f(b) - c(z̃)] ∂_a log q(b) + ∂_a c(z) - ∂_a c(z̃).
+      It is formed as a tensor and the parameters then receive Σ ĝ_a·a through one
+      ordinary backward, so the coefficient, which must be constant in θ, can keep its
+      φ-graph.
+    * ``"params"``: ĝ with respect to the encoder's parameters, summed over the batch.
+      The coefficient enters the surrogate as a detached leaf; ∂(Σĝ²)/∂leaf is pushed
+      through the graph of c(z̃) to φ alone (a vector-Jacobian product in which z̃ is held
+      fixed), the "by hand" λ-term of the official code.
+
+    Both estimate the same ĝ for θ; they differ in the control-variate objective and cost.
     """
 
     name = "rebar"
@@ -479,6 +488,7 @@ class Rebar(Step):
         residual_hidden: Sequence[int] = (200, 200),
         cv_lr_scale: float = 10.0,
         stop_coefficient_grad: bool = True,
+        variance_of: str = "logits",
     ) -> None:
         dev = next(model.parameters()).device
         w0 = math.log(eta0 / (2 - eta0))  # η = 2σ(w)
@@ -488,6 +498,9 @@ class Rebar(Step):
         # Only for the negative-control test: False reproduces the known defect of letting
         # θ-gradients flow through [f(b) - c(z̃)].
         self.stop_coefficient_grad = stop_coefficient_grad
+        if variance_of not in ("logits", "params"):
+            raise ValueError(f"variance_of must be 'logits' or 'params', got {variance_of!r}")
+        self.variance_of = variance_of
         self.residuals = nn.ModuleList()
         if use_residual:
             n_in = math.prod(model.latent_shape())
@@ -510,46 +523,99 @@ class Rebar(Step):
     def eta(self) -> Tensor:
         return 2 * torch.sigmoid(self.eta_w)
 
+    def _relaxed(
+        self, x: Tensor, hp: HardPass, k: int, lam: Tensor, eta: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c(z_k), c(z̃_k), f(σ_λ(z̃_k)))`` for layer k, both paths in one stacked call."""
+        model, batch = self.model, x.shape[0]
+        a = hp.logits[k]
+        z = model.logistic(a, hp.noise[k])
+        z_cond = model.conditional(a, z, hp.samples[k])
+        zz = torch.cat([z, z_cond])
+        f_relaxed = model.relaxed_elbo(x, hp, k, zz, lam, reps=2)
+        c = eta[k] * f_relaxed
+        if self.use_residual:
+            c = c + self.residuals[k](zz, torch.cat([a.detach(), a.detach()]))
+        return c[:batch], c[batch:], f_relaxed[batch:]
+
     def compute(self, x: Tensor, noise: list[Tensor] | None = None) -> RebarEstimate:
         model = self.model
         if noise is None:
             noise = model.sample_noise(x.shape[0], x)
         hp = model.hard_pass(x, noise)
+        enc_params = [model.encoder_params(k) for k in range(model.n_layers)]
+        flat_enc = [p for ps in enc_params for p in ps]
+        gen_params = model.generative_params()
+        if self.variance_of == "logits":
+            g_enc, g_gen, cv_grads, variance = self._compute_logits(x, hp, flat_enc, gen_params)
+        else:
+            g_enc, g_gen, cv_grads, variance = self._compute_params(x, hp, flat_enc, gen_params)
+        enc_grads: list[list[Tensor]] = []
+        i = 0
+        for ps in enc_params:
+            enc_grads.append([g.detach() for g in g_enc[i : i + len(ps)]])
+            i += len(ps)
+        gen_grads = [g.detach() for g in g_gen]
+        return RebarEstimate(hp.elbo().detach(), enc_grads, gen_grads, cv_grads, variance)
+
+    def _compute_logits(
+        self, x: Tensor, hp: HardPass, flat_enc: list[Tensor], gen_params: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+        # ĝ is formed as a tensor shaped like each layer's logits a_k; the parameters then
+        # receive Σ ĝ_k·a_k through one ordinary backward. ĝ_k is never differentiated in
+        # θ, so the coefficient may keep its graph, which φ needs: no leaf trick.
         elbo = hp.elbo()
         f_b = elbo.detach()
-        lam = self.log_lam.exp()
-        eta = self.eta()
-        batch = x.shape[0]
+        lam, eta = self.log_lam.exp(), self.eta()
+        surrogate = elbo.sum()  # the direct term ∂f(b) for every parameter
+        variance = x.new_zeros(())
+        for k in range(self.model.n_layers):
+            a = hp.logits[k]
+            c_z, c_zc, _ = self._relaxed(x, hp, k, lam, eta)
+            (score,) = torch.autograd.grad(hp.guide_terms[k].sum(), a, retain_graph=True)
+            (g_cv,) = torch.autograd.grad((c_z - c_zc).sum(), a, create_graph=True)
+            shape = (-1,) + (1,) * (a.dim() - 1)
+            g_hat = (f_b - c_zc).view(shape) * score + g_cv
+            variance = variance + (g_hat**2).sum()
+            if self.stop_coefficient_grad:
+                surrogate = surrogate + (g_hat.detach() * a).sum()
+            else:
+                # The known defect, for the negative-control test: θ-gradients of c(z̃)
+                # leak through the coefficient.
+                leak = ((f_b - c_zc) * hp.guide_terms[k]).sum() + (c_z - c_zc).sum()
+                surrogate = surrogate + leak
+        cv_params = self.cv_params()
+        cv = torch.autograd.grad(variance, cv_params, retain_graph=True, allow_unused=True)
+        cv_grads = [
+            g if g is not None else torch.zeros_like(p) for g, p in zip(cv, cv_params, strict=True)
+        ]
+        grads = torch.autograd.grad(surrogate, flat_enc + gen_params)
+        n = len(flat_enc)
+        return list(grads[:n]), list(grads[n:]), cv_grads, variance.detach()
 
+    def _compute_params(
+        self, x: Tensor, hp: HardPass, flat_enc: list[Tensor], gen_params: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+        elbo = hp.elbo()
+        f_b = elbo.detach()
+        lam, eta = self.log_lam.exp(), self.eta()
         plain = elbo.sum() + sum((f_b * q).sum() for q in hp.guide_terms)
         cv = x.new_zeros(())
         coef_leaves: list[Tensor] = []
         coef_sources: list[Tensor] = []
-        for k in range(model.n_layers):
-            a = hp.logits[k]
-            z = model.logistic(a, noise[k])
-            z_cond = model.conditional(a, z, hp.samples[k])
-            zz = torch.cat([z, z_cond])
-            f_relaxed = model.relaxed_elbo(x, hp, k, zz, lam, reps=2)
-            f_z, f_zc = f_relaxed[:batch], f_relaxed[batch:]
-            c_z, c_zc = eta[k] * f_z, eta[k] * f_zc
-            sources = [f_zc]
-            if self.use_residual:
-                r = self.residuals[k](zz, torch.cat([a.detach(), a.detach()]))
-                c_z, c_zc = c_z + r[:batch], c_zc + r[batch:]
-                sources.append(r[batch:])
+        for k in range(self.model.n_layers):
+            c_z, c_zc, _ = self._relaxed(x, hp, k, lam, eta)
             if self.stop_coefficient_grad:
-                leaves = [s.detach().requires_grad_() for s in sources]
-                coef_leaves += leaves
-                coef_sources += sources
-                coef = eta[k] * leaves[0] + (leaves[1] if self.use_residual else 0.0)
+                # ∂ĝ/∂θ must not see c(z̃) in the coefficient, ∂ĝ/∂φ must: a detached leaf
+                # stands in for it here, and is chained to φ below.
+                leaf = c_zc.detach().requires_grad_()
+                coef_leaves.append(leaf)
+                coef_sources.append(c_zc)
+                coef = leaf
             else:
                 coef = c_zc
             cv = cv + (-coef * hp.guide_terms[k] + c_z - c_zc).sum()
 
-        enc_params = [model.encoder_params(k) for k in range(model.n_layers)]
-        flat_enc = [p for ps in enc_params for p in ps]
-        gen_params = model.generative_params()
         # The create_graph pass goes first: it retains the shared encoder graph, which
         # the plain pass may then free.
         g_cv = torch.autograd.grad(cv, flat_enc, create_graph=True)
@@ -577,14 +643,8 @@ class Rebar(Step):
                 coef_sources, cv_params, grad_outputs=leaf_grads, allow_unused=True
             )
         cv_grads = [d + c if c is not None else d for d, c in zip(direct, chained, strict=True)]
-
-        enc_grads: list[list[Tensor]] = []
-        i = 0
-        for ps in enc_params:
-            enc_grads.append([g.detach() for g in g_hat[i : i + len(ps)]])
-            i += len(ps)
-        gen_grads = [g.detach() for g in g_plain[len(flat_enc) :]]
-        return RebarEstimate(elbo.detach(), enc_grads, gen_grads, cv_grads, variance.detach())
+        n = len(flat_enc)
+        return list(g_hat), list(g_plain[n:]), cv_grads, variance.detach()
 
     def estimate(self, x: Tensor) -> Tensor:
         est = self.compute(x)

@@ -105,14 +105,15 @@ def test_handwritten_gradient_is_unbiased(name: str, kind: str) -> None:
     assert z.abs().max() < Z_MAX, f"max |z| = {z.abs().max():.2f}"
 
 
-def test_z_test_catches_the_missing_stop_gradient() -> None:
+@pytest.mark.parametrize("variance_of", ["logits", "params"])
+def test_z_test_catches_the_missing_stop_gradient(variance_of: str) -> None:
     """Negative control: REBAR whose coefficient keeps its θ-gradient (ESTIMATORS.md)."""
 
     model = _tiny("sbn1")
     torch.manual_seed(10)
     x = torch.bernoulli(torch.full((2, model.n_visible), 0.5))
     exact = torch.cat([g.flatten() for g in hw.exact_gradient(model, x)])
-    step = hw.Rebar(model, stop_coefficient_grad=False)
+    step = hw.Rebar(model, stop_coefficient_grad=False, variance_of=variance_of)
     _configure(step)
     torch.manual_seed(11)
     z = _z_scores(_draws(model, step, x), exact)
@@ -134,15 +135,33 @@ def test_conditional_relaxation_thresholds_back_to_b() -> None:
         torch.testing.assert_close(zt, z, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_variance_objective_over_params_is_unbiased_too(name: str) -> None:
+    model = _tiny("sbn2")
+    torch.manual_seed(10)
+    x = torch.bernoulli(torch.full((2, model.n_visible), 0.5))
+    exact = torch.cat([g.flatten() for g in hw.exact_gradient(model, x)])
+    step = hw.Rebar(
+        model, use_residual=name == "relax", residual_hidden=(16,), variance_of="params"
+    )
+    _configure(step)
+    torch.manual_seed(11)
+    z = _z_scores(_draws(model, step, x), exact)
+    assert z.abs().max() < Z_MAX, f"max |z| = {z.abs().max():.2f}"
+
+
+@pytest.mark.parametrize("variance_of", ["logits", "params"])
 @pytest.mark.parametrize("residual", [False, True])
-def test_control_variate_gradient_matches_finite_differences(residual: bool) -> None:
+def test_control_variate_gradient_matches_finite_differences(
+    residual: bool, variance_of: str
+) -> None:
     """∂Σĝ²/∂φ, including the coefficient's φ-term pushed through by hand."""
     torch.set_default_dtype(torch.float64)
     try:
         model = _tiny("sbn2")
         torch.manual_seed(4)
         x = torch.bernoulli(torch.full((5, model.n_visible), 0.5))
-        step = hw.Rebar(model, use_residual=residual, residual_hidden=(8,))
+        step = hw.Rebar(model, use_residual=residual, residual_hidden=(8,), variance_of=variance_of)
         _configure(step)
         noise = model.sample_noise(5, x)
         est = step.compute(x, noise)
