@@ -18,7 +18,10 @@ from benchmarks.handwritten import CategoricalVAE, LatentModel, LinearSBN, _Base
 class PyroPair:
     """``model(x)`` and ``guide(x)`` around a :class:`LatentModel`.
 
-    :param prefix: name prefix in Pyro's param store (each variant gets its own).
+    :param prefix: prefix of the parameter names and of the sample-site names (each
+        variant gets its own). Site names matter too: an ELBO may key control-variate
+        state by site name outside Pyro's param store (pyro_discrete's
+        ``control_variates._MODULES`` does), and two variants must not share it.
     :param nn_baselines: one NVIL baseline net per layer, passed to the guide sites as
         Pyro's ``infer={"baseline": {"nn_baseline": ...}}`` (TraceGraph_ELBO's mechanism).
     """
@@ -32,6 +35,9 @@ class PyroPair:
         self.net = net
         self.prefix = prefix
         self.nn_baselines = nn_baselines
+
+    def _site(self, name: str) -> str:
+        return f"{self.prefix}_{name}"
 
     def _infer(self, k: int, x: Tensor) -> dict:
         if self.nn_baselines is None:
@@ -51,18 +57,22 @@ class PyroPair:
             if isinstance(net, LinearSBN):
                 top = net.n_layers - 1
                 prior = net.prior_logits.expand(batch, net.n_latent)
-                h = pyro.sample(f"h{top}", dist.Bernoulli(logits=prior).to_event(1))
+                h = pyro.sample(self._site(f"h{top}"), dist.Bernoulli(logits=prior).to_event(1))
                 for k in reversed(range(net.n_layers)):
                     logits = net.dec[k](2 * h - 1)
                     if k == 0:
-                        pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                        pyro.sample(
+                            self._site("x"), dist.Bernoulli(logits=logits).to_event(1), obs=x
+                        )
                     else:
-                        h = pyro.sample(f"h{k - 1}", dist.Bernoulli(logits=logits).to_event(1))
+                        h = pyro.sample(
+                            self._site(f"h{k - 1}"), dist.Bernoulli(logits=logits).to_event(1)
+                        )
             elif isinstance(net, CategoricalVAE):
                 prior = net.prior_logits.expand(batch, net.n_groups, net.n_classes)
-                b = pyro.sample("h0", dist.OneHotCategorical(logits=prior).to_event(1))
+                b = pyro.sample(self._site("h0"), dist.OneHotCategorical(logits=prior).to_event(1))
                 logits = net.dec(b.reshape(batch, -1))
-                pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                pyro.sample(self._site("x"), dist.Bernoulli(logits=logits).to_event(1), obs=x)
             else:
                 raise TypeError(type(net).__name__)
 
@@ -77,12 +87,12 @@ class PyroPair:
                 inp = x - net.xbar
                 for k in range(net.n_layers):
                     d = dist.Bernoulli(logits=net.enc[k](inp)).to_event(1)
-                    h = pyro.sample(f"h{k}", d, infer=self._infer(k, x))
+                    h = pyro.sample(self._site(f"h{k}"), d, infer=self._infer(k, x))
                     inp = 2 * h - 1
             elif isinstance(net, CategoricalVAE):
                 logits = net.enc(x - net.xbar).view(batch, net.n_groups, net.n_classes)
                 d = dist.OneHotCategorical(logits=logits).to_event(1)
-                pyro.sample("h0", d, infer=self._infer(0, x))
+                pyro.sample(self._site("h0"), d, infer=self._infer(0, x))
             else:
                 raise TypeError(type(net).__name__)
 

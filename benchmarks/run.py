@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -45,6 +46,8 @@ from benchmarks.pyro_models import (
 )
 
 IMPLS = ("handwritten", "pyro_discrete", "tracegraph")
+# Unique parameter and site names for every Pyro variant built in this process.
+_VARIANT_IDS = itertools.count()
 # The performance issue's targets for pyro_discrete / hand-written, by device and batch.
 TARGETS = {"cpu": {24: 1.3, 256: 1.1}, "cuda": {24: 1.2, 1024: 1.05}}
 
@@ -131,7 +134,7 @@ def build_variants(
             # NVIL's baseline reads x through the site's infer dict, as in the other two
             # implementations (pyro_discrete would otherwise build one on the logits).
             baselines = nvil_baselines(net) if estimator == "nvil" else None
-            pair = PyroPair(net, f"pd_{estimator}", baselines)
+            pair = PyroPair(net, f"pd{next(_VARIANT_IDS)}_{estimator}", baselines)
             try:
                 svi = make_svi(pair, discrete_loss(estimator))
                 out.append(Variant("pyro_discrete", estimator, svi.step, _pyro_scope()))
@@ -146,7 +149,7 @@ def build_variants(
     if "tracegraph" in impls and estimator in ("reinforce", "nvil"):
         net = spec.build(seed, device)
         baselines = nvil_baselines(net) if estimator == "nvil" else None
-        pair = PyroPair(net, f"tg_{estimator}", baselines)
+        pair = PyroPair(net, f"tg{next(_VARIANT_IDS)}_{estimator}", baselines)
         svi = make_svi(pair, tracegraph_loss())
         note = "Pyro nn_baseline, no variance normalisation" if estimator == "nvil" else ""
         out.append(Variant("tracegraph", estimator, svi.step, _pyro_scope(), note))
