@@ -426,7 +426,9 @@ def plot_scaling(tables: dict[str, tuple[str, list[Row]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
+    # Colour says which estimator, line style which implementation.
     styles = {"handwritten": "-", "pyro_discrete": "--", "tracegraph": ":"}
+    colours = dict(zip(hw.ESTIMATORS, ("C0", "C1", "C2", "C3"), strict=True))
     for ax, (title, (key, rows)) in zip(axes[0], tables.items(), strict=True):
         for impl in IMPLS:
             for est in hw.ESTIMATORS:
@@ -437,7 +439,15 @@ def plot_scaling(tables: dict[str, tuple[str, list[Row]]], path: Path) -> None:
                 )
                 if pts:
                     xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, styles[impl], marker="o", ms=3, label=f"{impl} {est}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        styles[impl],
+                        color=colours[est],
+                        marker="o",
+                        ms=3,
+                        label=f"{impl} {est}",
+                    )
         ax.set_xscale("log" if key != "layers" else "linear")
         ax.set_yscale("log")
         ax.set_xlabel(key)
