@@ -54,7 +54,9 @@ def uniform_like(x: Tensor, shape: torch.Size | None = None) -> Tensor:
 
 def _log1mexp(x: Tensor) -> Tensor:
     # log(1 - exp(x)) for x < 0, accurate on both sides of -log 2.
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return torch.where(
+        x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x))
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,21 +77,22 @@ def logistic_conditional_sample(logits: Tensor, outcome: Tensor, v: Tensor) -> T
 
     With :math:`v \sim U(0, 1)`: :math:`v' = v (1 - \theta)` if :math:`b = 0`, and
     :math:`v' = v \theta + (1 - \theta)` if :math:`b = 1`; then
-    :math:`\tilde z = \ell + \log v' - \log(1 - v')`. Computed in log-space:
-    :math:`\log \theta = \log\sigma(\ell)`, :math:`\log(1-\theta) = \log\sigma(-\ell)`.
+    :math:`\tilde z = \ell + \log v' - \log(1 - v')`, evaluated as
+    :math:`\tilde z = \log(1 + v e^{\ell}) - \log(1 - v)` (:math:`b = 1`) and
+    :math:`\tilde z = \log v - \log(1 + (1 - v) e^{-\ell})` (:math:`b = 0`), whose sign is
+    exact in floating point, so :math:`H(\tilde z) = b` for every ``v`` in (0, 1).
     """
-    log_theta = F.logsigmoid(logits)
-    log_1m_theta = F.logsigmoid(-logits)
+    # Algebraically z~ = logit(theta) + log v' - log(1 - v') simplifies to a sum of two terms
+    # of the same sign: logit(theta) no longer appears as a separate addend, so a large |logit|
+    # cannot cancel a small positive/negative remainder to exactly 0 (which happened for
+    # v near 0 with logit -10 in float32 and float64, giving H(z~) = 0 with b = 1).
+    #   b = 1: z~ = log(1 + v e^l) - log(1 - v)                   > 0 for v in (0, 1)
+    #   b = 0: z~ = log v - log(1 + (1 - v) e^-l)                 < 0 for v in (0, 1)
     log_v = torch.log(v)
     log_1m_v = torch.log1p(-v)
-    # b = 1: v' = 1 - theta (1 - v)   so  log(1 - v') = log theta + log(1 - v)
-    log_vp_1 = torch.logaddexp(log_1m_theta, log_theta + log_v)
-    log_1m_vp_1 = log_theta + log_1m_v
-    # b = 0: v' = v (1 - theta)       so  log(1 - v') = log(1 - v + v theta)
-    log_vp_0 = log_v + log_1m_theta
-    log_1m_vp_0 = torch.logaddexp(log_1m_v, log_v + log_theta)
-    one = outcome > 0.5
-    return logits + torch.where(one, log_vp_1 - log_1m_vp_1, log_vp_0 - log_1m_vp_0)
+    z_one = F.softplus(logits + log_v) - log_1m_v
+    z_zero = log_v - F.softplus(log_1m_v - logits)
+    return torch.where(outcome > 0.5, z_one, z_zero)
 
 
 def logistic_conditional_noise(logits: Tensor, z: Tensor, outcome: Tensor) -> Tensor:
@@ -153,12 +156,18 @@ def gumbel_conditional_sample(logits: Tensor, outcome: Tensor, v: Tensor) -> Ten
     :math:`\tilde z_b = -\log(-\log v_b)` and, for :math:`i \ne b`,
     :math:`\tilde z_i = -\log(-\log(v_i)/\theta_i - \log v_b)` (a Gumbel truncated below
     :math:`\tilde z_b`), computed with a log-sum-exp so that tiny :math:`\theta_i` stay
-    finite.
+    finite. Entries that round to :math:`\tilde z_b` are put one ulp below it, so
+    :math:`\arg\max \tilde z = b` exactly.
     """
     log_theta = torch.log_softmax(logits, dim=-1)
     log_neg_log_v = torch.log(-torch.log(v))
     top = (log_neg_log_v * outcome).sum(-1, keepdim=True)  # log(-log v_b)
     others = -torch.logaddexp(log_neg_log_v - log_theta, top)
+    # When z~_b - z~_i falls below the resolution of z~_b, z~_i rounds to z~_b and the tie
+    # hands the argmax to the lower index (seen with v_i near 1 and a large theta_i). Move
+    # such values one ulp below z~_b; the straight-through term keeps their exact gradient.
+    below = torch.nextafter(-top, torch.full_like(top, -float("inf")))
+    others = torch.where(others < -top, others, others + (below - others).detach())
     return torch.where(outcome > 0.5, -top, others)
 
 

@@ -1,0 +1,34 @@
+"""Distributions for gradient estimation through discrete latent variables.
+
+- :class:`LogisticBernoulli`, :class:`GumbelCategorical`: the reparameterised continuous
+  variables whose threshold / argmax is a Bernoulli / categorical sample.
+- :class:`ConditionalLogisticBernoulli`, :class:`ConditionalGumbelCategorical`: the same
+  variables conditioned on their discrete value (REBAR, RELAX, Gumbel-Rao).
+- :class:`StraightThroughBernoulli`, :class:`StraightThroughOneHotCategorical`,
+  :class:`GumbelRaoBernoulli`, :class:`GumbelRaoOneHotCategorical`: hard samples with a
+  relaxed gradient.
+
+The math lives in :mod:`pyro_discrete.distributions.functional`.
+"""
+
+from . import functional
+from .conditional import ConditionalGumbelCategorical, ConditionalLogisticBernoulli
+from .relaxed import GumbelCategorical, LogisticBernoulli
+from .straight_through import (
+    GumbelRaoBernoulli,
+    GumbelRaoOneHotCategorical,
+    StraightThroughBernoulli,
+    StraightThroughOneHotCategorical,
+)
+
+__all__ = [
+    "ConditionalGumbelCategorical",
+    "ConditionalLogisticBernoulli",
+    "GumbelCategorical",
+    "GumbelRaoBernoulli",
+    "GumbelRaoOneHotCategorical",
+    "LogisticBernoulli",
+    "StraightThroughBernoulli",
+    "StraightThroughOneHotCategorical",
+    "functional",
+]
