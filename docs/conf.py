@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,14 +76,24 @@ def _write_cli_help() -> None:
 
     top = helptext()
     parts = [top]
-    # Subcommands appear in argparse's "{a,b,c}" choice list of the top-level help.
-    for line in top.splitlines():
-        line = line.strip()
-        if line.startswith("{") and "}" in line:
-            for sub in line[1 : line.index("}")].split(","):
-                parts.append(f"\n$ pyro-discrete {sub} --help\n" + helptext(sub))
-            break
+    for sub in _subcommands(top):
+        parts.append(f"\n$ pyro-discrete {sub} --help\n" + helptext(sub))
     (out / "cli_help.txt").write_text("$ pyro-discrete --help\n" + "".join(parts))
+
+
+def _subcommands(top: str) -> list[str]:
+    """Subcommand names from argparse's help: a "{a,b}" choice list, or the entries
+    indented by four spaces under the positional arguments (a ``metavar`` hides the list).
+    """
+    names: list[str] = []
+    for line in top.splitlines():
+        brace = re.match(r"^\s+\{([\w,-]+)\}", line)
+        if brace:
+            names += brace.group(1).split(",")
+        entry = re.match(r"^ {4}([a-z][\w-]*)(\s{2,}\S|$)", line)
+        if entry:
+            names.append(entry.group(1))
+    return list(dict.fromkeys(names))
 
 
 _write_cli_help()
