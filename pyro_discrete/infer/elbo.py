@@ -130,13 +130,16 @@ class DiscreteELBO(ELBO):
 
     # -- the base pass --------------------------------------------------------------------
 
-    def _wrap(self, fn: Callable) -> Callable:
-        return self._vectorized_num_particles(fn) if self.vectorize_particles else fn
+    def _wrap(self, model, guide, args, kwargs) -> tuple[Callable, Callable]:
+        """Model and guide inside the vectorised particle plate, when there is one."""
+        if not self.vectorize_particles:
+            return model, guide
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        return self._vectorized_num_particles(model), self._vectorized_num_particles(guide)
 
     def _evaluate(self, model, guide, args, kwargs) -> Evaluation:
-        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
-        model, guide = self._wrap(model), self._wrap(guide)
+        model, guide = self._wrap(model, guide, args, kwargs)
         records: dict[str, DiscreteSite] = {}
 
         def choose(msg):
@@ -318,11 +321,12 @@ class DiscreteELBO(ELBO):
                 return -float(elbo)
             total = 0.0
             runs = 1 if self.vectorize_particles else self.num_particles
+            model, guide = self._wrap(model, guide, args, kwargs)
             for _ in range(runs):
                 with poutine.block():
-                    guide_trace = poutine.trace(self._wrap(guide)).get_trace(*args, **kwargs)
+                    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
                     model_trace = poutine.trace(
-                        poutine.replay(self._wrap(model), trace=guide_trace)
+                        poutine.replay(model, trace=guide_trace)
                     ).get_trace(*args, **kwargs)
                 costs = cost_terms(
                     prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)

@@ -570,9 +570,14 @@ class GumbelRao(GumbelSoftmax):
         noise = F.uniform_like(logits)
         hard = site.hard.expand_as(logits)
         if site.one_hot:
+            location = logits.log_softmax(-1)
             z_tilde = F.gumbel_conditional_sample(logits, hard, noise)
         else:
+            location = logits
             z_tilde = F.logistic_conditional_sample(logits, hard, noise)
+        # Paulus et al. hold the conditional noise fixed and differentiate through the
+        # location only: the mean of straight-through gradients given b.
+        z_tilde = location + (z_tilde - location).detach()
         soft = site.relax(z_tilde, self.current_temperature()).mean(0)
         return site.hard + soft - soft.detach()
 
