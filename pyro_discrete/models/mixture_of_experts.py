@@ -29,7 +29,7 @@ from typing import NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
+from pyro.ops.indexing import Vindex
 from torch import nn
 
 from ._nets import mlp
@@ -160,8 +160,8 @@ class EnumeratedMixtureOfExperts(MixtureOfExperts):
     :class:`~pyro.infer.TraceEnum_ELBO`.
 
     The latent ``"z1"`` is a :class:`~pyro.distributions.Categorical` index, enumerated in
-    parallel in the guide, and turned into a one-hot vector for the same routing arithmetic,
-    so :math:`\mathbb{E}_q[\cdot]` is a sum over the :math:`K` experts with no sampling noise.
+    parallel in the guide, that selects the expert by indexing, so
+    :math:`\mathbb{E}_q[\cdot]` is a sum over the :math:`K` experts with no sampling noise.
     Use ``TraceEnum_ELBO(max_plate_nesting=1)``.
     """
 
@@ -170,7 +170,10 @@ class EnumeratedMixtureOfExperts(MixtureOfExperts):
         pyro.module(f"{self.name}_model", self.generative)
         with pyro.plate("data", x.shape[0]):
             k = pyro.sample("z1", dist.Categorical(logits=self.generative.gate(x)))
-            loc, scale = self._route(F.one_hot(k, self.num_experts).to(x.dtype), x)
+            # Indexing costs O(K N D) under enumeration, where the one-hot weighting of the
+            # sampled model would build a (K, N, K, D) tensor; no gradient in k is needed here.
+            loc = Vindex(self.expert_outputs(x))[..., k, :]
+            scale = Vindex(self.generative.log_scale.exp())[k, :]
             pyro.sample("y", dist.Normal(loc, scale).to_event(1), obs=y)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
