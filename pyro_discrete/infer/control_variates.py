@@ -75,18 +75,19 @@ _MODULES: dict[str, nn.Module] = {}
 
 def control_variate_lr(
     model_lr: float, factor: float = 10.0, **adam_args
-) -> Callable[[str, str], dict]:
-    """``optim_args`` for :class:`pyro.optim.Adam` giving control variates their own rate.
+) -> Callable[[str], dict]:
+    """``optim_args`` for :class:`pyro.optim.Adam` (or
+    :class:`~pyro_discrete.optim.MultiTensorAdam`) giving control variates their own rate.
 
     The official REBAR code trains control variates with 10x the model's learning rate.
+    The callable receives each parameter's name and matches the ``pyro_discrete/`` prefix.
 
     >>> from pyro.optim import Adam
-    >>> optim = Adam(control_variate_lr(1e-3))
+    >>> optim = Adam(control_variate_lr(1e-3, betas=(0.9, 0.99999)))
     """
 
-    def optim_args(module_name: str, param_name: str) -> dict:
-        name = module_name or param_name
-        lr = model_lr * factor if name.startswith(PREFIX) else model_lr
+    def optim_args(param_name: str) -> dict:
+        lr = model_lr * factor if param_name.startswith(PREFIX) else model_lr
         return {"lr": lr, **adam_args}
 
     return optim_args

@@ -347,9 +347,9 @@ def test_param_store_save_load_round_trips_control_variates(tmp_path):
 
 def test_control_variate_learning_rate_helper():
     args = control_variate_lr(1e-3, factor=10.0, betas=(0.9, 0.99999))
-    assert args(None, "pyro_discrete/rebar/z/eta")["lr"] == pytest.approx(1e-2)
-    assert args("pyro_discrete/relax/z/surrogate", "0.weight")["lr"] == pytest.approx(1e-2)
-    assert args(None, "enc_w") == {"lr": 1e-3, "betas": (0.9, 0.99999)}
+    assert args("pyro_discrete/rebar/z/eta")["lr"] == pytest.approx(1e-2)
+    assert args("pyro_discrete/relax/z/surrogate.0.weight")["lr"] == pytest.approx(1e-2)
+    assert args("enc_w") == {"lr": 1e-3, "betas": (0.9, 0.99999)}
 
 
 def test_subsampled_plate_is_unbiased_for_the_full_data_elbo():
