@@ -9,7 +9,7 @@ or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")`
 
 from __future__ import annotations
 
-from pyro_discrete.infer.control_variates import control_variate_lr
+from pyro_discrete.infer.control_variates import control_variate_lr, control_variate_state
 from pyro_discrete.infer.elbo import DiscreteELBO
 from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES, SiteEstimator
 from pyro_discrete.infer.sites import SiteError
@@ -78,4 +78,5 @@ __all__ = [
     "StraightThrough_ELBO",
     "VIMCO_ELBO",
     "control_variate_lr",
+    "control_variate_state",
 ]

@@ -29,6 +29,16 @@ def state_name(estimator: str, site: str, what: str) -> str:
     return f"{PREFIX}{estimator}/{site}/{what}"
 
 
+def control_variate_state() -> dict[str, Tensor]:
+    """Every piece of control-variate state in the param store, detached (for plots).
+
+    >>> control_variate_state()  # e.g. {"pyro_discrete/rebar/z/eta": tensor(1.03), ...}
+    {}
+    """
+    store = pyro.get_param_store()
+    return {k: store[k].detach().clone() for k in store.keys() if k.startswith(PREFIX)}
+
+
 def running_statistic(name: str, like: Tensor, init: float = 0.0) -> Tensor:
     """Read a running statistic (a scalar), creating it on first use."""
     store = pyro.get_param_store()

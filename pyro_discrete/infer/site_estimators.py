@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pyro
 import torch
 from torch import Tensor, nn
 
@@ -448,7 +449,8 @@ class RELAX(REBAR):
     ``[z, logits]`` of each plate element (the logits carry the guide's input and the
     upstream samples). Pass ``surrogate=`` a module mapping those features
     (``(..., 2 * D)``) to ``(..., 1)`` to use your own, globally or per site through
-    ``infer={"estimator": "relax", "estimator_options": {"surrogate": net}}``.
+    ``infer={"estimator": "relax", "estimator_options": {"surrogate": net}}``; either way
+    it is registered as ``pyro_discrete/relax/<site>/surrogate``.
     ``weight_decay`` adds :math:`\frac{w}{2}\|\rho\|^2` to the variance objective.
     """
 
@@ -464,13 +466,16 @@ class RELAX(REBAR):
             ],
             -1,
         )
+        name = cv.state_name(self.name, site.name, "surrogate")
         net = self.options["surrogate"]
         if net is None:
             net = cv.registered_module(
-                cv.state_name(self.name, site.name, "surrogate"),
+                name,
                 lambda: cv.mlp(features.shape[-1], self.options["hidden"], nn.ReLU),
                 features,
             )
+        else:  # the SVI optimizer steps only what is registered during the step
+            net = pyro.module(name, net)
         out = net(features)
         return out.reshape(c_like.shape), [p for p in net.parameters() if p.requires_grad]
 
