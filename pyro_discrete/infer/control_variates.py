@@ -67,20 +67,30 @@ def mlp(in_features: int, hidden: Sequence[int], activation: type[nn.Module]) ->
     return nn.Sequential(*layers)
 
 
-def registered_module(name: str, build: Callable[[], nn.Module], like: Tensor) -> nn.Module:
+def registered_module(
+    name: str, build: Callable[[], nn.Module], like: Tensor, cache: dict[str, nn.Module]
+) -> nn.Module:
     """Build a control-variate network once per name and register it with Pyro.
 
-    ``update_module_params=True`` loads values already in the param store, so a network
-    rebuilt after ``pyro.get_param_store().load(...)`` resumes where it was.
+    ``cache`` belongs to the estimator object. A network is rebuilt when the param store
+    no longer holds it (after ``pyro.clear_param_store()``: a fresh start), when its input
+    width no longer fits, or when the device changes. ``update_module_params=True`` loads
+    values already in the store, so a network rebuilt after
+    ``pyro.get_param_store().load(...)`` resumes where it was.
     """
-    cache = _MODULES.get(name)
-    if cache is None or next(cache.parameters()).device != like.device:
-        cache = build().to(dtype=like.dtype, device=like.device)
-        _MODULES[name] = cache
-    return pyro.module(name, cache, update_module_params=True)
-
-
-_MODULES: dict[str, nn.Module] = {}
+    module = cache.get(name)
+    if module is not None:
+        first_name, first = next(iter(module.named_parameters()))
+        if (
+            f"{name}$$${first_name}" not in pyro.get_param_store()
+            or first.device != like.device
+            or first.shape[-1] != like.shape[-1]
+        ):
+            module = None
+    if module is None:
+        module = build().to(dtype=like.dtype, device=like.device)
+        cache[name] = module
+    return pyro.module(name, module, update_module_params=True)
 
 
 def control_variate_lr(

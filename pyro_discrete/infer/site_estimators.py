@@ -60,6 +60,7 @@ class SiteEstimator:
             )
         self.options = {**self.defaults, **options}
         self.validate_options()
+        self.networks: dict[str, nn.Module] = {}  # control-variate networks by name
 
     def validate_options(self) -> None:
         for key in ("temperature", "min_temperature"):
@@ -202,6 +203,7 @@ class NVIL(SiteEstimator):
                 cv.state_name(self.name, site.name, "baseline"),
                 lambda: cv.mlp(features.shape[-1], self.options["hidden"], nn.Tanh),
                 features,
+                self.networks,
             )
             out = net(features)
         return out.reshape(signal.shape) if out.numel() == signal.numel() else out
@@ -473,6 +475,7 @@ class RELAX(REBAR):
                 name,
                 lambda: cv.mlp(features.shape[-1], self.options["hidden"], nn.ReLU),
                 features,
+                self.networks,
             )
         else:  # the SVI optimizer steps only what is registered during the step
             net = pyro.module(name, net)

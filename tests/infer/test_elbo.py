@@ -630,3 +630,27 @@ def test_masked_observations_are_unbiased(name):
     exact = problem.exact()
     elbo = DiscreteELBO(name, num_particles=200, vectorize_particles=True, max_plate_nesting=1)
     assert max_abs_z(estimator_draws(problem, elbo, 40), exact) < 4.5
+
+
+def test_control_variate_networks_follow_the_param_store():
+    """A cleared store gives fresh networks; a site of another width gets a new one."""
+
+    def pair(width):
+        def model():
+            pyro.sample("z", dist.Bernoulli(logits=torch.zeros(width)).to_event(1))
+
+        def guide():
+            logits = pyro.param("l", torch.zeros(width))
+            pyro.sample("z", dist.Bernoulli(logits=logits).to_event(1))
+
+        return model, guide
+
+    elbo = DiscreteELBO("relax", hidden=(4,))
+    for width in (3, 5, 3):
+        pyro.clear_param_store()
+        model, guide = pair(width)
+        svi = SVI(model, guide, Adam({"lr": 0.1}), elbo)
+        svi.step()
+        weight = pyro.param("pyro_discrete/relax/z/surrogate$$$0.weight")
+        assert weight.shape[-1] == 2 * width
+        assert weight.grad is None or torch.isfinite(weight.grad).all()
