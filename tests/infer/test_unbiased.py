@@ -147,3 +147,14 @@ def test_z_test_detects_a_twenty_percent_bias(factor):
     biased[key].flatten(1)[:, index] *= factor
     assert max_abs_z(biased, exact) > Z_LIMIT
     assert math.isfinite(max(v.abs().max().item() for v in z.values()))
+
+
+def test_vimco_with_a_global_latent_uses_the_joint_bound():
+    """A global latent couples the data: the bound is then over the whole minibatch."""
+    problem = PROBLEMS["global_and_local"]()
+    problem.reset()
+    bound = exact_iwae_bound(problem.model, problem.guide, 2, *problem.args)
+    exact = exact_gradients(bound, problem.params())
+    elbo = DiscreteELBO("vimco", num_particles=2, max_plate_nesting=1)
+    draws = estimator_draws(problem, elbo, 3000)
+    assert max_abs_z(draws, exact) < Z_LIMIT
