@@ -102,6 +102,46 @@ class Variant:
     note: str = ""
     times: list[float] = field(default_factory=list)
     error: str = ""
+    # Tensors that persist between steps (parameters, their .grad, optimiser state); with
+    # the step's own peak this gives the total footprint.
+    persistent: Callable[[], list[Tensor]] = lambda: []
+
+
+def _optim_state_tensors(optim: torch.optim.Optimizer) -> list[Tensor]:
+    return [t for st in optim.state.values() for t in st.values() if torch.is_tensor(t)]
+
+
+def _with_grads(params: list[Tensor]) -> list[Tensor]:
+    return [*params, *(p.grad for p in params if p.grad is not None)]
+
+
+def _hand_persistent(step: hw.Step) -> Callable[[], list[Tensor]]:
+    def tensors() -> list[Tensor]:
+        params = list(step.trainable())
+        out = _with_grads(params) + _optim_state_tensors(step.optim)
+        if isinstance(step, hw.Rebar):
+            out += _with_grads(step.cv_params()) + _optim_state_tensors(step.cv_optim)
+        return out + list(step.model.buffers())
+
+    return tensors
+
+
+def _pyro_persistent(svi: pyro.infer.SVI) -> Callable[[], list[Tensor]]:
+    # Called inside the variant's param-store scope.
+    def tensors() -> list[Tensor]:
+        store = pyro.get_param_store()
+        params = [store._params[name] for name in store.keys()]
+        states = [t for opt in svi.optim.optim_objs.values() for t in _optim_state_tensors(opt)]
+        return _with_grads(params) + states
+
+    return tensors
+
+
+def _nbytes(tensors: list[Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
 
 
 @contextlib.contextmanager
@@ -126,7 +166,9 @@ def build_variants(
     out: list[Variant] = []
     if "handwritten" in impls:
         step = hw.make_step(estimator, spec.build(seed, device))
-        out.append(Variant("handwritten", estimator, step.step, _no_scope))
+        v = Variant("handwritten", estimator, step.step, _no_scope)
+        v.persistent = _hand_persistent(step)
+        out.append(v)
     if "pyro_discrete" in impls:
         ok, why = discrete_elbo_available()
         if ok:
@@ -137,7 +179,9 @@ def build_variants(
             pair = PyroPair(net, f"pd{next(_VARIANT_IDS)}_{estimator}", baselines)
             try:
                 svi = make_svi(pair, discrete_loss(estimator))
-                out.append(Variant("pyro_discrete", estimator, svi.step, _pyro_scope()))
+                v = Variant("pyro_discrete", estimator, svi.step, _pyro_scope())
+                v.persistent = _pyro_persistent(svi)
+                out.append(v)
             except Exception as exc:  # report, keep benchmarking the rest
                 v = Variant("pyro_discrete", estimator, _unavailable, _no_scope)
                 v.error = f"{type(exc).__name__}: {exc}"
@@ -152,7 +196,9 @@ def build_variants(
         pair = PyroPair(net, f"tg{next(_VARIANT_IDS)}_{estimator}", baselines)
         svi = make_svi(pair, tracegraph_loss())
         note = "Pyro nn_baseline, no variance normalisation" if estimator == "nvil" else ""
-        out.append(Variant("tracegraph", estimator, svi.step, _pyro_scope(), note))
+        v = Variant("tracegraph", estimator, svi.step, _pyro_scope(), note)
+        v.persistent = _pyro_persistent(svi)
+        out.append(v)
     return out
 
 
@@ -204,16 +250,18 @@ def time_variants(
                     v.times.append(time.perf_counter() - t0)
 
 
-def peak_step_memory(v: Variant, x: Tensor, device: torch.device) -> float:
-    """Peak bytes allocated during one step above what was live before it."""
+def peak_step_memory(v: Variant, x: Tensor, device: torch.device) -> tuple[float, float]:
+    """Peak bytes allocated during one step above what was live before it, and the bytes
+    of the persistent tensors (parameters, gradients, optimiser state) before it."""
     with v.scope():
+        persistent = float(_nbytes(v.persistent()))
         if device.type == "cuda":
             _sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
             v.step(x)
             _sync(device)
-            return float(torch.cuda.max_memory_allocated(device) - before)
+            return float(torch.cuda.max_memory_allocated(device) - before), persistent
         # tracemalloc cannot see torch's allocator; the profiler's allocation records can.
         from torch.profiler import ProfilerActivity, profile
 
@@ -227,7 +275,7 @@ def peak_step_memory(v: Variant, x: Tensor, device: torch.device) -> float:
             if e.device_type() == cpu:
                 current += e.nbytes()
                 peak = max(peak, current)
-        return float(peak)
+        return float(peak), persistent
 
 
 @dataclass
@@ -252,6 +300,8 @@ class Row:
     min_ratio_vs_handwritten: float | None = None
     peak_mb: float | None = None
     peak_vs_reinforce: float | None = None
+    persistent_mb: float | None = None
+    total_vs_reinforce: float | None = None
     status: str = "ok"
     note: str = ""
 
@@ -311,15 +361,20 @@ def measure(
                 row.min_ratio_vs_handwritten = min(v.times) / hand_min[v.estimator]
             if with_memory:
                 try:
-                    row.peak_mb = peak_step_memory(v, x, device) / 2**20
+                    peak, persistent = peak_step_memory(v, x, device)
+                    row.peak_mb, row.persistent_mb = peak / 2**20, persistent / 2**20
                 except Exception as exc:
                     row.note = (row.note + f"; memory: {type(exc).__name__}: {exc}").strip("; ")
         rows.append(row)
     if with_memory:
-        base = {r.impl: r.peak_mb for r in rows if r.estimator == "reinforce" and r.peak_mb}
+        base = {r.impl: r for r in rows if r.estimator == "reinforce" and r.peak_mb}
         for r in rows:
-            if r.peak_mb is not None and base.get(r.impl):
-                r.peak_vs_reinforce = r.peak_mb / base[r.impl]
+            b = base.get(r.impl)
+            if r.peak_mb is not None and b is not None and b.peak_mb:
+                r.peak_vs_reinforce = r.peak_mb / b.peak_mb
+                if r.persistent_mb is not None and b.persistent_mb is not None:
+                    total = b.peak_mb + b.persistent_mb
+                    r.total_vs_reinforce = (r.peak_mb + r.persistent_mb) / total
     for v in variants:
         v.times.clear()
     return rows
@@ -386,11 +441,27 @@ def headline_table(rows: list[Row], device: str) -> str:
 
 def memory_table(rows: list[Row]) -> str:
     body = [
-        [r.impl, r.estimator, str(r.batch), _fmt(r.peak_mb), _fmt(r.peak_vs_reinforce)]
+        [
+            r.impl,
+            r.estimator,
+            str(r.batch),
+            _fmt(r.peak_mb),
+            _fmt(r.peak_vs_reinforce),
+            _fmt(r.persistent_mb),
+            _fmt(r.total_vs_reinforce),
+        ]
         for r in rows
         if r.peak_mb is not None
     ]
-    header = ["impl", "estimator", "batch", "peak MB in one step", "× REINFORCE (same impl)"]
+    header = [
+        "impl",
+        "estimator",
+        "batch",
+        "step peak MB (above live)",
+        "× REINFORCE",
+        "persistent MB (params, grads, optimiser)",
+        "total × REINFORCE",
+    ]
     return _md_table(header, body)
 
 
