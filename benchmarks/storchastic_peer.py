@@ -61,7 +61,9 @@ def make_method(storch: object, name: str, n_latent: int) -> object:
     raise ValueError(name)
 
 
-def storch_gradients(storch: object, net: hw.LinearSBN, method: object, x: Tensor) -> None:
+def storch_gradients(
+    storch: object, net: hw.LinearSBN, method: object, x: Tensor, cast: bool = False
+) -> None:
     """One storchastic pass that leaves ∂(-ELBO summed over the batch) in ``.grad``.
 
     The model is the one-layer linear SBN of :mod:`benchmarks.handwritten`, with the same
@@ -73,6 +75,8 @@ def storch_gradients(storch: object, net: hw.LinearSBN, method: object, x: Tenso
     xs = st.denote_independent(x, 0, "data", weight=torch.tensor(1.0))  # type: ignore[attr-defined]
     q = torch.distributions.Bernoulli(logits=net.enc[0](xs - net.xbar))
     b = method(q)  # type: ignore[operator]
+    if cast:  # a method that returns bool samples would break the decoder's matmul
+        b = b.float()
     logits = net.dec[0](2 * b - 1)
     log_px = (xs * logits - F.softplus(logits)).sum(-1)
     log_pb = torch.distributions.Bernoulli(logits=net.prior_logits).log_prob(b).sum(-1)
@@ -208,6 +212,35 @@ def conditional_check(storch: object) -> dict:
     return out
 
 
+def failure_probe(storch: object) -> dict:
+    """For each method that fails in the plain model: the dtype it samples, and whether it
+    still fails when the sample is cast to float before the model uses it."""
+    out: dict[str, dict] = {}
+    torch.manual_seed(5)
+    net = hw.LinearSBN(4, 3)
+    x = torch.bernoulli(torch.full((5, 4), 0.5))
+    for name in METHODS:
+        entry: dict[str, str] = {}
+        for cast in (False, True):
+            try:
+                method = make_method(storch, name, net.n_latent)
+                storch_gradients(storch, net, method, x, cast=cast)
+                entry["float cast" if cast else "as sampled"] = "ok"
+            except Exception as exc:
+                entry["float cast" if cast else "as sampled"] = _short(exc)
+        if entry.get("as sampled") != "ok":
+            try:
+                storch.reset()  # type: ignore[attr-defined]
+                xs = storch.denote_independent(x, 0, "data")  # type: ignore[attr-defined]
+                q = torch.distributions.Bernoulli(logits=net.enc[0](xs))
+                b = make_method(storch, name, net.n_latent)(q)  # type: ignore[operator]
+                entry["sample dtype"] = str(getattr(b, "_tensor", b).dtype)
+            except Exception as exc:
+                entry["sample dtype"] = f"sampling failed: {_short(exc)}"
+            out[name] = entry
+    return out
+
+
 def variance_check(storch: object, quick: bool, draws: int) -> dict:
     """log of the mean over encoder components of Var(ĝ), all at the same parameters."""
     net = _spec_net(quick, seed=3)
@@ -304,6 +337,11 @@ def to_markdown(res: dict) -> str:
     lines += [
         f"- {k}: {v if isinstance(v, str) else f'{v:.2f}'}" for k, v in res["variance"].items()
     ]
+    if res.get("failures"):
+        lines += ["", "Failures in detail (4-visible, 3-latent SBN):", ""]
+        for name, entry in res["failures"].items():
+            detail = "; ".join(f"{k}: {v}" for k, v in entry.items())
+            lines.append(f"- {name}: {detail}")
     return "\n".join(lines)
 
 
@@ -338,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         res["bias"] = bias_check(storch, args.quick)
         res["conditional"] = conditional_check(storch)
         res["variance"] = variance_check(storch, args.quick, draws)
+        res["failures"] = failure_probe(storch)
     res["markdown"] = to_markdown(res)
     (out / "storchastic.json").write_text(json.dumps(res, indent=2))
     print(res["markdown"])
