@@ -71,12 +71,12 @@ def relax_logit_gradient(
     >>> g.shape
     torch.Size([4])
     """
-    grad_relaxed = _grad_or_zero(c_relaxed.sum(), logits, create_graph)
-    grad_conditional = _grad_or_zero(c_conditional.sum(), logits, create_graph)
+    # one backward pass for both reparameterised terms
+    pathwise = _grad_or_zero(c_relaxed.sum() - c_conditional.sum(), logits, create_graph)
     coefficient = f_hard.detach() - c_conditional
     if not create_graph:
         coefficient = coefficient.detach()
-    return coefficient * score.detach() + grad_relaxed - grad_conditional
+    return coefficient * score.detach() + pathwise
 
 
 def gradient_variance_loss(logit_gradient: Tensor) -> Tensor:
