@@ -159,6 +159,7 @@ class DiscreteELBO(ELBO):
             site = DiscreteSite(name, estimator, leaf.kind, fn, None, -1, ())
             records[name] = site
             if not is_relaxable(leaf.kind):
+                site.logits = leaf.logits  # index categoricals: NVIL's baseline input
                 return None
             site.logits = site_logits(fn, leaf)
             site.noise = F.uniform_like(site.logits)

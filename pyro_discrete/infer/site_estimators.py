@@ -198,7 +198,13 @@ class NVIL(SiteEstimator):
             out = options["nn_baseline"](options["nn_baseline_input"].detach())
         else:
             dims = [d for _, d in site.frames]
-            features = cv.plate_features(site.logits.detach(), site.batch_ndim, dims)
+            if site.kind == CATEGORICAL:
+                inputs = site.logits.detach().expand(site.fn.shape() + site.logits.shape[-1:])
+            elif site.logits is not None:
+                inputs = site.logits.detach()
+            else:  # no logits (e.g. Poisson): a learned constant per plate element
+                inputs = site.value.new_ones(site.fn.shape() + (1,))
+            features = cv.plate_features(inputs, site.batch_ndim, dims)
             net = cv.registered_module(
                 cv.state_name(self.name, site.name, "baseline"),
                 lambda: cv.mlp(features.shape[-1], self.options["hidden"], nn.Tanh),
@@ -421,8 +427,8 @@ class REBAR(SiteEstimator):
         extra_zt, _ = self.surrogate_extra(site, z_tilde, c_zt)
         c_z = c_z + extra_z
         c_zt = c_zt + extra_zt
-        params = params + extra_params
-        learn = bool(params)
+        learn = bool(self.options["learn_control_variates"])
+        params = params + extra_params if learn else []
         score = E.logit_score(site.logits, site.hard, site.one_hot)
         grad = E.relax_logit_gradient(
             site.logits,

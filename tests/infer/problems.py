@@ -139,9 +139,57 @@ def global_and_local() -> Problem:
     return Problem("global_and_local", model, guide, (y,), init, guide_params=("qg", "ql", "qlg"))
 
 
+def nested_plates() -> Problem:
+    """A Bernoulli per row (outer plate) and one per cell of a rows x columns grid."""
+    rows, cols = 2, 2
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(rows, cols, generator=g)
+    names = dict(pr=(), pc=(), w=(), qr=(rows, 1), qc=(cols,), qrc=())
+    init = {name: torch.randn(s, generator=g) for name, s in names.items()}
+
+    def model(y):
+        with pyro.plate("rows", rows, dim=-2):
+            r = pyro.sample("row", dist.Bernoulli(logits=_param("pr")))
+            with pyro.plate("cols", cols, dim=-1):
+                c = pyro.sample("cell", dist.Bernoulli(logits=_param("pc") + r))
+                pyro.sample("y", dist.Normal(_param("w") * (r + c), 1.0), obs=y)
+
+    def guide(y):
+        with pyro.plate("rows", rows, dim=-2):
+            r = pyro.sample("row", dist.Bernoulli(logits=_param("qr")))
+            with pyro.plate("cols", cols, dim=-1):
+                pyro.sample("cell", dist.Bernoulli(logits=_param("qc") * y + _param("qrc") * r))
+
+    return Problem("nested_plates", model, guide, (y,), init, guide_params=("qr", "qc", "qrc"))
+
+
 PROBLEMS = {
-    f.__name__: f for f in (sbn_two_layer, categorical_chain, mixture_of_experts, global_and_local)
+    f.__name__: f
+    for f in (sbn_two_layer, categorical_chain, mixture_of_experts, global_and_local, nested_plates)
 }
+
+
+def index_categorical() -> Problem:
+    """Index-valued Categorical latents (score-function estimators only)."""
+    n, k = 3, 3
+    g = torch.Generator().manual_seed(6)
+    y = torch.randn(n, generator=g)
+    init = dict(
+        p=torch.randn(k, generator=g),
+        means=torch.randn(k, generator=g),
+        q=torch.randn(k, generator=g),
+    )
+
+    def model(y):
+        with pyro.plate("data", n, dim=-1):
+            c = pyro.sample("c", dist.Categorical(logits=_param("p")))
+            pyro.sample("y", dist.Normal(_param("means")[c], 1.0), obs=y)
+
+    def guide(y):
+        with pyro.plate("data", n, dim=-1):
+            pyro.sample("c", dist.Categorical(logits=_param("q") * y.unsqueeze(-1)))
+
+    return Problem("index_categorical", model, guide, (y,), init, False, ("q",))
 
 
 def estimator_draws(problem: Problem, elbo, num_draws: int, seed: int = 0) -> dict:

@@ -12,7 +12,7 @@ import math
 import pyro
 import pytest
 import torch
-from infer.problems import PROBLEMS, estimator_draws, max_abs_z, z_scores
+from infer.problems import PROBLEMS, estimator_draws, index_categorical, max_abs_z, z_scores
 
 from pyro_discrete.infer import DiscreteELBO
 from pyro_discrete.testing import exact_gradients, exact_iwae_bound
@@ -36,7 +36,13 @@ RELAXATION = {
         "temperature": 0.3,
     },
     "relax": {"hidden": (16,)},
-    "relax_fixed": {"estimator": "relax", "learn_control_variates": False, "hidden": (16,)},
+    "relax_fixed": {
+        "estimator": "relax",
+        "learn_control_variates": False,
+        "hidden": (16,),
+        "eta": 0.8,
+        "temperature": 0.4,
+    },
 }
 ANTITHETIC = {"arm": {}, "disarm": {}}
 
@@ -48,7 +54,7 @@ def _elbo(label: str, options: dict) -> DiscreteELBO:
         estimator=estimator,
         num_particles=PARTICLES,
         vectorize_particles=True,
-        max_plate_nesting=1,
+        max_plate_nesting=2,
         **options,
     )
 
@@ -69,7 +75,7 @@ def test_unbiased(problem, label):
     assert _check(problem, label, options) < Z_LIMIT
 
 
-@pytest.mark.parametrize("problem", ["sbn_two_layer", "global_and_local"])
+@pytest.mark.parametrize("problem", ["sbn_two_layer", "global_and_local", "nested_plates"])
 @pytest.mark.parametrize("label", list(ANTITHETIC))
 def test_antithetic_unbiased(problem, label):
     assert _check(problem, label, ANTITHETIC[label]) < Z_LIMIT
@@ -157,4 +163,12 @@ def test_vimco_with_a_global_latent_uses_the_joint_bound():
     exact = exact_gradients(bound, problem.params())
     elbo = DiscreteELBO("vimco", num_particles=2, max_plate_nesting=1)
     draws = estimator_draws(problem, elbo, 3000)
+    assert max_abs_z(draws, exact) < Z_LIMIT
+
+
+@pytest.mark.parametrize("label", ["reinforce", "nvil", "rloo"])
+def test_index_categorical_with_score_function_estimators(label):
+    problem = index_categorical()
+    exact = problem.exact()
+    draws = estimator_draws(problem, _elbo(label, SCORE_FUNCTION[label]), NUM_DRAWS)
     assert max_abs_z(draws, exact) < Z_LIMIT
