@@ -40,6 +40,10 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
 
+# Docstring examples run under pytest --doctest-modules (tests/test_docs.py), with their
+# module's globals; Sphinx's doctest builder would run them without those and fail, so it
+# only runs explicit ``.. doctest::`` blocks written in the pages.
+doctest_test_doctest_blocks = ""
 # The doctest builder (sphinx-build -b doctest) shares these imports with every block.
 doctest_global_setup = """
 import torch
