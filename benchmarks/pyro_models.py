@@ -126,14 +126,40 @@ def discrete_loss(estimator: str) -> pyro.infer.ELBO:
         return DiscreteELBO(estimator=estimator)
 
 
-def make_svi(pair: PyroPair, loss: pyro.infer.ELBO, lr: float = 1e-3) -> pyro.infer.SVI:
-    return pyro.infer.SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": lr}), loss=loss)
+def discrete_optim(lr: float = 1e-3) -> tuple[pyro.optim.PyroOptim, str]:
+    """The optimiser pyro_discrete recommends, and its name for the report.
+
+    ``pyro_discrete.optim.MultiTensorAdam`` (one fused Adam, control variates at 10× the
+    rate, as the hand-written steps do) where it exists, else Pyro's per-parameter Adam.
+    """
+    try:
+        from pyro_discrete.optim import MultiTensorAdam
+    except ImportError:
+        return pyro.optim.Adam({"lr": lr}), "pyro.optim.Adam"
+    try:
+        from pyro_discrete.infer import control_variate_lr
+
+        return MultiTensorAdam(control_variate_lr(lr)), "MultiTensorAdam(control_variate_lr)"
+    except (ImportError, TypeError, ValueError):
+        return MultiTensorAdam({"lr": lr}), "MultiTensorAdam"
+
+
+def make_svi(
+    pair: PyroPair,
+    loss: pyro.infer.ELBO,
+    lr: float = 1e-3,
+    optim: pyro.optim.PyroOptim | None = None,
+) -> pyro.infer.SVI:
+    if optim is None:
+        optim = pyro.optim.Adam({"lr": lr})
+    return pyro.infer.SVI(pair.model, pair.guide, optim, loss=loss)
 
 
 __all__ = [
     "PyroPair",
     "discrete_elbo_available",
     "discrete_loss",
+    "discrete_optim",
     "make_svi",
     "nvil_baselines",
     "tracegraph_loss",

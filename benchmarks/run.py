@@ -40,6 +40,7 @@ from benchmarks.pyro_models import (
     PyroPair,
     discrete_elbo_available,
     discrete_loss,
+    discrete_optim,
     make_svi,
     nvil_baselines,
     tracegraph_loss,
@@ -178,8 +179,9 @@ def build_variants(
             baselines = nvil_baselines(net) if estimator == "nvil" else None
             pair = PyroPair(net, f"pd{next(_VARIANT_IDS)}_{estimator}", baselines)
             try:
-                svi = make_svi(pair, discrete_loss(estimator))
-                v = Variant("pyro_discrete", estimator, svi.step, _pyro_scope())
+                optim, optim_name = discrete_optim()
+                svi = make_svi(pair, discrete_loss(estimator), optim=optim)
+                v = Variant("pyro_discrete", estimator, svi.step, _pyro_scope(), optim_name)
                 v.persistent = _pyro_persistent(svi)
                 out.append(v)
             except Exception as exc:  # report, keep benchmarking the rest
