@@ -329,6 +329,7 @@ class RunState:
     elbo: DiscreteELBO
     optim: pyro.optim.PyroOptim
     loader: MinibatchIterator
+    name: str = ""
     step: int = 0
     elapsed: float = 0.0
     #: time spent in ``on_step`` callbacks on evaluation, not counted as training time
@@ -336,51 +337,55 @@ class RunState:
     #: training time of step 1 (estimators build caches and networks on their first step)
     first_step_s: float | None = None
     history: list[dict] = field(default_factory=list)
+    ema: _EMA = field(default_factory=_EMA)
+    smoothed: float = float("nan")
 
     @property
     def train_time(self) -> float:
         return self.elapsed - self.excluded
 
+    @property
     def svi(self) -> pyro.infer.SVI:
         return pyro.infer.SVI(self.model.model, self.model.guide, self.optim, loss=self.elbo)
 
 
-def _train(
+def _advance(
     run: RunState,
-    steps: int,
+    until: int,
     *,
-    desc: str,
+    bar=None,
     log_every: int = 50,
-    progress: bool = True,
     on_step: Callable[[RunState], None] | None = None,
 ) -> None:
-    """Run SVI until ``run.step == steps``; ``on_step`` runs after every step."""
-    svi = run.svi()
-    ema = _EMA()
-    bar = _progress(steps, run.step, desc, progress)
+    """Run SVI until ``run.step == until``; ``on_step`` runs after every step.
+
+    ``run.elapsed`` accumulates only the time spent here, so runs that take turns (see
+    :func:`run_compare`) each count their own training time.
+    """
+    svi = run.svi
     start = time.perf_counter() - run.elapsed
-    try:
-        while run.step < steps:
-            batch = run.loader.next_batch()
-            loss = svi.step(*run.task.args(batch))
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {run.step + 1}")
-            run.step += 1
-            run.elapsed = time.perf_counter() - start
-            if run.step == 1:
-                run.first_step_s = run.train_time
-            smoothed = -ema.update(loss / batch.shape[0])
-            if run.step % log_every == 0 or run.step == steps:
-                run.history.append(
-                    {"step": run.step, "wall_time_s": run.train_time, "train_elbo_ema": smoothed}
-                )
+    while run.step < until:
+        batch = run.loader.next_batch()
+        loss = svi.step(*run.task.args(batch))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{run.name}: loss became {loss} at step {run.step + 1}")
+        run.step += 1
+        run.elapsed = time.perf_counter() - start
+        if run.step == 1:
+            run.first_step_s = run.train_time
+        run.smoothed = -run.ema.update(loss / batch.shape[0])
+        if run.step % log_every == 0 or run.step == until:
+            run.history.append(
+                {"step": run.step, "wall_time_s": run.train_time, "train_elbo_ema": run.smoothed}
+            )
+            if bar is not None:
                 rate = run.step / run.train_time if run.train_time > 0 else float("nan")
-                bar.set_postfix(elbo=f"{smoothed:.2f}", steps_per_s=f"{rate:.1f}", refresh=False)
+                bar.set_postfix(estimator=run.name, elbo=f"{run.smoothed:.2f}",
+                                steps_per_s=f"{rate:.1f}", refresh=False)
+        if bar is not None:
             bar.update(1)
-            if on_step is not None:
-                on_step(run)
-    finally:
-        bar.close()
+        if on_step is not None:
+            on_step(run)
 
 
 def _new_run(task: Task, estimator: str, lr: float, cv_factor: float, batch_size: int,
@@ -392,7 +397,8 @@ def _new_run(task: Task, estimator: str, lr: float, cv_factor: float, batch_size
         model.load_state_dict(init_state)
     model.to(device)
     loader = task.loader(batch_size, seed, device)
-    return RunState(task, model, make_elbo(estimator), _optimizer(lr, cv_factor), loader)
+    return RunState(task, model, make_elbo(estimator), _optimizer(lr, cv_factor), loader,
+                    name=estimator)
 
 
 # --------------------------------------------------------------------------------------
@@ -509,8 +515,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     print(f"fit: {config['model']} with {config['estimator']} on {task.data_name}, "
           f"steps {run.step} -> {steps}, output {out}", file=sys.stderr)
-    _train(run, steps, desc=config["estimator"], on_step=maybe_save,
-           progress=not args.no_progress, log_every=args.log_every)
+    bar = _progress(steps, run.step, config["estimator"], not args.no_progress)
+    try:
+        _advance(run, steps, bar=bar, on_step=maybe_save, log_every=args.log_every)
+    finally:
+        bar.close()
     save(run)
     valid_args = task.args(task.split_rows("valid")[: args.eval_examples].to(device))
     summary = {
@@ -621,7 +630,7 @@ def _calibrate(task: Task, s: CompareSettings, device: torch.device, init: dict,
     timings, startup = {}, 0.0
     for name in s.estimators:
         run = _new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
-        svi = run.svi()
+        svi = run.svi
         t0 = time.perf_counter()
         for _ in range(2):
             svi.step(*task.args(run.loader.next_batch()))
@@ -643,8 +652,33 @@ def _variance_steps(steps: int, points: int) -> list[int]:
     return sorted({max(1, round(steps * (i + 1) / points)) for i in range(points)})
 
 
+class _Slot:
+    """A run parked outside the live param store and RNG while other runs take their turn."""
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+        self.park()
+
+    def park(self) -> None:
+        self.store = pyro.get_param_store().get_state()
+        self.rng = torch.get_rng_state()
+
+    def resume(self) -> RunState:
+        store = pyro.get_param_store()
+        store.clear()
+        store.set_state(self.store)  # the same tensors: modules and optimiser stay attached
+        torch.set_rng_state(self.rng)
+        return self.run
+
+
 def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
-    """Train every estimator from one initialisation and write the report to ``out``."""
+    """Train every estimator from one initialisation and write the report to ``out``.
+
+    The estimators take turns, a round of a few steps each, so that all of them have done
+    the same number of steps whenever the time budget stops training, and so that changes in
+    machine load during the run affect them alike. Each run keeps its own param store and
+    RNG stream between turns, so the result does not depend on the interleaving.
+    """
     t_start = time.perf_counter()
     device = _device(s.device)
     task = make_task(s.model, s.data, s.binarization, s.seed)
@@ -653,81 +687,106 @@ def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
     init = copy.deepcopy(task.build_model().state_dict())
 
     timings = None
-    steps = s.steps
+    planned = s.steps
+    deadline = math.inf
     if s.time_budget is not None:
         timings, startup = _calibrate(task, s, device, init)
         per_step = sum(timings.values())
-        # a variance draw costs about one training step; the training runs repeat the
-        # start-up cost; evaluation passes are cheap
-        overhead = s.variance_points * s.variance_samples * per_step * 1.1 + startup
+        # a variance draw costs about one training step; the runs repeat the start-up cost
+        overhead = s.variance_points * s.variance_samples * per_step * 1.2 + startup + 10
         spent = time.perf_counter() - t_start
-        affordable = int((0.92 * s.time_budget - spent - overhead - 10) / per_step)
+        affordable = int((0.9 * s.time_budget - spent - overhead) / per_step)
         if affordable < 20:
             raise CLIError(
                 f"--time-budget {s.time_budget:.0f}s affords only {max(affordable, 0)} steps "
                 f"per estimator (about {1000 * per_step:.0f} ms for one step of all of them); "
                 "raise the budget or drop estimators"
             )
-        steps = min(steps, affordable)
-        print(f"time budget {s.time_budget:.0f}s: {steps} steps per estimator "
+        planned = min(planned, affordable)
+        deadline = t_start + 0.9 * s.time_budget
+        print(f"time budget {s.time_budget:.0f}s: planning {planned} steps per estimator "
               f"(measured ms/step: "
               + ", ".join(f"{n} {1000 * t:.1f}" for n, t in timings.items()) + ")",
               file=sys.stderr)
 
-    var_steps = _variance_steps(steps, s.variance_points)
-    eval_steps = set(_variance_steps(steps, s.eval_points)) | {0}
+    var_steps = set(_variance_steps(planned, s.variance_points))
+    eval_steps = set(_variance_steps(planned, s.eval_points))
     eval_rows = task.train[: s.eval_examples]
     if task.train_probs is not None:  # dynamic binarisation: evaluate on one fixed draw
         eval_rows = (torch.rand(eval_rows.shape, generator=torch.Generator().manual_seed(s.seed))
                      < eval_rows).float()
     eval_args = task.args(eval_rows.to(device))
-    variance_batch = task.args(
-        task.loader(s.batch_size, s.seed + 1, device).next_batch()
-    )
+    variance_batch = task.args(task.loader(s.batch_size, s.seed + 1, device).next_batch())
     eval_seed = s.seed + 12345
 
     results: list[dict] = []
     reference_states: dict[int, dict] = {}
-    cv_states: dict[str, dict[int, dict]] = {}
-    summaries: dict[str, dict] = {}
+    cv_states: dict[str, dict[int, dict]] = {name: {} for name in s.estimators}
 
     def record(estimator, metric, step, wall, value):
         results.append({"estimator": estimator, "metric": metric, "step": step,
                         "wall_time_s": wall, "value": value})
 
-    def evaluate(run: RunState) -> float:
-        # a separate RNG stream, so evaluating does not change the training draws
-        rng = torch.get_rng_state()
+    def evaluate(run: RunState) -> None:
+        t0 = time.perf_counter()
+        rng = torch.get_rng_state()  # a separate stream: evaluating leaves training alone
         pyro.set_rng_seed(eval_seed + run.step)
         value = elbo_estimate(run.model.model, run.model.guide, *eval_args)
         torch.set_rng_state(rng)
-        return value
+        record(run.name, "eval_elbo", run.step, run.train_time, value)
+        run.excluded += time.perf_counter() - t0
 
-    order = [s.reference] + [n for n in s.estimators if n != s.reference]
-    for name in order:
+    def snapshot(run: RunState) -> None:
+        cv_states[run.name][run.step] = param_store_state(CV_PREFIX)
+        if run.name == s.reference:
+            reference_states[run.step] = copy.deepcopy(run.model.state_dict())
+
+    def on_step(run: RunState) -> None:
+        if run.step in eval_steps:
+            evaluate(run)
+        if run.step in var_steps:
+            snapshot(run)
+
+    slots = {}
+    for name in s.estimators:
         run = _new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
-        cv_states[name] = {}
+        evaluate(run)
+        slots[name] = _Slot(run)
 
-        def on_step(run: RunState, name=name) -> None:
-            t0 = time.perf_counter()
-            if run.step in eval_steps:
-                record(name, "eval_elbo", run.step, run.train_time, evaluate(run))
-            if run.step in var_steps:
-                cv_states[name][run.step] = param_store_state(CV_PREFIX)
-                if name == s.reference:
-                    reference_states[run.step] = copy.deepcopy(run.model.state_dict())
-            run.excluded += time.perf_counter() - t0
+    chunk = max(1, min(50, planned // 40))
+    bar = _progress(planned * len(s.estimators), 0, "training", progress)
+    done = 0
+    try:
+        while done < planned:
+            t_round = time.perf_counter()
+            target = min(done + chunk, planned)
+            for name in s.estimators:
+                run = slots[name].resume()
+                _advance(run, target, bar=bar, on_step=on_step)
+                slots[name].park()
+            done = target
+            if time.perf_counter() + (time.perf_counter() - t_round) > deadline:
+                break
+    finally:
+        bar.close()
+    if done < planned:
+        print(f"time budget: stopped every estimator at step {done} of {planned}",
+              file=sys.stderr)
 
-        record(name, "eval_elbo", 0, 0.0, evaluate(run))
-        _train(run, steps, desc=f"{name:>10s}", progress=progress, on_step=on_step)
-        train_time = run.train_time
+    summaries: dict[str, dict] = {}
+    for name in s.estimators:
+        run = slots[name].resume()
+        if done not in eval_steps:
+            evaluate(run)
+        if done not in var_steps:
+            snapshot(run)
         for row in run.history:
             record(name, "train_elbo_ema", row["step"], row["wall_time_s"], row["train_elbo_ema"])
         # the first step builds caches and networks: reported apart from the steady rate
-        ms = 1000 * (train_time - run.first_step_s) / max(steps - 1, 1)
-        record(name, "ms_per_step", steps, train_time, ms)
+        ms = 1000 * (run.train_time - run.first_step_s) / max(done - 1, 1)
+        record(name, "ms_per_step", done, run.train_time, ms)
         record(name, "first_step_s", 1, run.first_step_s, run.first_step_s)
-        summary = {"ms_per_step": ms, "train_time_s": train_time,
+        summary = {"ms_per_step": ms, "train_time_s": run.train_time,
                    "first_step_s": run.first_step_s}
         if s.iw_samples:
             valid = task.args(task.split_rows("valid")[: s.eval_examples].to(device))
@@ -736,14 +795,17 @@ def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
                 run.model.model, run.model.guide, *valid, num_samples=s.iw_samples,
                 chunk_size=min(s.iw_samples, 50),
             )
-            record(name, f"valid_iw_bound_k{s.iw_samples}", steps, train_time,
+            record(name, f"valid_iw_bound_k{s.iw_samples}", done, run.train_time,
                    summary["valid_iw_bound"])
         summaries[name] = summary
+        slots[name].park()
+    del slots
 
     # gradient variance of every estimator at the reference run's parameters
-    print(f"measuring gradient variance at {len(var_steps)} points of the {s.reference} run "
+    points = sorted(p for p in reference_states if p <= done)
+    print(f"measuring gradient variance at {len(points)} points of the {s.reference} run "
           f"({s.variance_samples} draws each)", file=sys.stderr)
-    for point in var_steps:
+    for point in points:
         for name in s.estimators:
             pyro.clear_param_store()
             pyro.set_rng_seed(s.seed + point)
@@ -759,7 +821,7 @@ def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
             record(name, "grad_log_variance", point, float("nan"), stats.log_mean_variance)
     pyro.clear_param_store()
 
-    _write_report(out, s, steps, results, summaries, timings, var_steps,
+    _write_report(out, s, done, results, summaries, timings, points,
                   time.perf_counter() - t_start)
     return out / "report.md"
 
