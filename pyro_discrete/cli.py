@@ -59,6 +59,7 @@ from pyro_discrete.diagnostics import (
 )
 from pyro_discrete.infer import ESTIMATORS, DiscreteELBO, control_variate_lr
 from pyro_discrete.models import MODELS, UnknownModelError, synthetic_moe_data
+from pyro_discrete.optim import MultiTensorAdam
 
 __all__ = ["CLIError", "main", "make_elbo", "make_task"]
 
@@ -172,8 +173,10 @@ def _device(name: str) -> torch.device:
 
 
 def _optimizer(lr: float, cv_factor: float) -> pyro.optim.PyroOptim:
-    # β₂ = 0.99999 and 10x learning rate for control variates follow the REBAR code
-    return pyro.optim.Adam(control_variate_lr(lr, cv_factor, betas=(0.9, 0.99999)))
+    # β₂ = 0.99999 and 10x learning rate for control variates follow the REBAR code; one
+    # fused Adam instead of Pyro's optimizer-per-parameter loop, which costs a large share
+    # of a batch-24 step
+    return MultiTensorAdam(control_variate_lr(lr, cv_factor, betas=(0.9, 0.99999)))
 
 
 # --------------------------------------------------------------------------------------
@@ -327,7 +330,7 @@ class RunState:
     task: Task
     model: nn.Module
     elbo: DiscreteELBO
-    optim: pyro.optim.PyroOptim
+    optim: MultiTensorAdam
     loader: MinibatchIterator
     name: str = ""
     step: int = 0
