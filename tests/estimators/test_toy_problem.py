@@ -16,8 +16,9 @@ from pyro_discrete import estimators as E
 from pyro_discrete.distributions import functional as F
 
 TARGET = 0.499
-STEPS = 1500
-SEEDS = 8  # independent runs, vectorised
+STEPS = 1000
+LR = 0.01  # the paper's; control variates get 10x, as in the official code
+SEEDS = 16  # independent runs, vectorised
 
 
 def f(b: torch.Tensor) -> torch.Tensor:
@@ -25,15 +26,15 @@ def f(b: torch.Tensor) -> torch.Tensor:
 
 
 def run(method: str, seed: int = 0) -> torch.Tensor:
-    """Train theta (one per run) with Adam(lr=0.01); return sigmoid(theta) at the end."""
+    """Train theta (one per run) with Adam; return sigmoid(theta) at the end."""
     torch.manual_seed(seed)
     theta = torch.zeros(SEEDS, requires_grad=True)
-    opt = torch.optim.Adam([theta], lr=0.01)
+    opt = torch.optim.Adam([theta], lr=LR)
     eta = torch.tensor(1.0, requires_grad=True)
     log_temp = torch.tensor(math.log(0.5), requires_grad=True)
     surrogate = torch.nn.Sequential(torch.nn.Linear(1, 10), torch.nn.Tanh(), torch.nn.Linear(10, 1))
     cv_params = [eta, log_temp] + (list(surrogate.parameters()) if method == "relax" else [])
-    cv_opt = torch.optim.Adam(cv_params, lr=0.01)
+    cv_opt = torch.optim.Adam(cv_params, lr=10 * LR)
 
     def c(z):
         temp = log_temp.exp()
@@ -73,7 +74,8 @@ def test_relax_solves_the_toy_problem_where_reinforce_and_rebar_stall():
             f"runs below 0.5: {(probs < 0.5).sum().item()}/{SEEDS}"
         )
     relax = outcomes["relax"]
-    assert (relax < 0.45).all(), relax  # every run moved to the right side
-    # RELAX ends closer to the optimum (theta -> -inf) than the others on this budget
-    assert relax.mean() < outcomes["reinforce"].mean() - 0.05
-    assert relax.mean() < outcomes["rebar"].mean() - 0.05
+    assert (relax < 0.5).all(), relax  # every run moved to the right side
+    for other in ("reinforce", "rebar"):
+        # RELAX ends closer to the optimum (theta -> -inf) than the others on this budget
+        assert relax.mean() < outcomes[other].mean() - 0.03
+        assert (relax < 0.5).sum() > (outcomes[other] < 0.5).sum()

@@ -560,7 +560,7 @@ def test_gumbel_temperature_anneals():
     assert temps[-1] == 0.5
 
 
-def _mixed_model(y):
+def _continuous_model(y):
     with pyro.plate("data", len(y), dim=-1):
         z = pyro.sample(
             "z", dist.Bernoulli(logits=pyro.param("pz", torch.tensor(0.2))).expand([len(y)])
@@ -569,7 +569,7 @@ def _mixed_model(y):
         pyro.sample("y", dist.Normal(loc, 0.5), obs=y)
 
 
-def _mixed_guide(y):
+def _continuous_guide(y):
     with pyro.plate("data", len(y), dim=-1):
         z = pyro.sample("z", dist.Bernoulli(logits=pyro.param("qz", torch.tensor(0.1)) * y))
         shift = pyro.param("shift", torch.tensor(0.3))
@@ -591,7 +591,7 @@ def test_mixed_continuous_and_discrete_agree_with_reinforce(name):
         )
         out = []
         for _ in range(60):
-            elbo.loss_and_grads(_mixed_model, _mixed_guide, y)
+            elbo.loss_and_grads(_continuous_model, _continuous_guide, y)
             row = []
             for k in params:
                 p = pyro.param(k).unconstrained()
