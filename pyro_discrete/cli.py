@@ -389,6 +389,8 @@ def _advance(
             bar.update(1)
         if on_step is not None:
             on_step(run)
+            # the callback's own time is on the clock now; it subtracts what it excludes
+            run.elapsed = time.perf_counter() - start
 
 
 def _new_run(task: Task, estimator: str, lr: float, cv_factor: float, batch_size: int,
@@ -730,14 +732,15 @@ def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
         results.append({"estimator": estimator, "metric": metric, "step": step,
                         "wall_time_s": wall, "value": value})
 
-    def evaluate(run: RunState) -> None:
+    def evaluate(run: RunState, on_clock: bool = True) -> None:
         t0 = time.perf_counter()
         rng = torch.get_rng_state()  # a separate stream: evaluating leaves training alone
         pyro.set_rng_seed(eval_seed + run.step)
         value = elbo_estimate(run.model.model, run.model.guide, *eval_args)
         torch.set_rng_state(rng)
         record(run.name, "eval_elbo", run.step, run.train_time, value)
-        run.excluded += time.perf_counter() - t0
+        if on_clock:  # called during training: keep it off the training time
+            run.excluded += time.perf_counter() - t0
 
     def snapshot(run: RunState) -> None:
         cv_states[run.name][run.step] = param_store_state(CV_PREFIX)
@@ -753,7 +756,7 @@ def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
     slots = {}
     for name in s.estimators:
         run = _new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
-        evaluate(run)
+        evaluate(run, on_clock=False)
         slots[name] = _Slot(run)
 
     chunk = max(1, min(50, planned // 40))
@@ -780,7 +783,7 @@ def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
     for name in s.estimators:
         run = slots[name].resume()
         if done not in eval_steps:
-            evaluate(run)
+            evaluate(run, on_clock=False)
         if done not in var_steps:
             snapshot(run)
         for row in run.history:

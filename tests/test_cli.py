@@ -45,14 +45,34 @@ def run_main(capsys, *argv):
 
 
 def run_subprocess(cache, *argv, timeout=300):
-    env = {**os.environ, "PYRO_DISCRETE_CACHE": str(cache), "OMP_NUM_THREADS": "1",
-           "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "pyro_discrete.cli", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "PYRO_DISCRETE_CACHE": str(cache),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_discrete.cli", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-FIT = ["fit", "--steps", "6", "--checkpoint-every", "3", "--eval-examples", "20",
-       "--no-progress", "--log-every", "2"]
+FIT = [
+    "fit",
+    "--steps",
+    "6",
+    "--checkpoint-every",
+    "3",
+    "--eval-examples",
+    "20",
+    "--no-progress",
+    "--log-every",
+    "2",
+]
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -121,7 +141,11 @@ def fitted(tmp_path_factory, cache):
 
 def test_fit_writes_a_complete_run(fitted):
     assert sorted(p.name for p in fitted.iterdir()) == [
-        "checkpoint.pt", "config.json", "metrics.csv", "summary.json"]
+        "checkpoint.pt",
+        "config.json",
+        "metrics.csv",
+        "summary.json",
+    ]
     config = json.loads((fitted / "config.json").read_text())
     assert config["model"] == "sbn_linear1" and config["estimator"] == "nvil"
     summary = json.loads((fitted / "summary.json").read_text())
@@ -144,17 +168,30 @@ def test_fit_refuses_to_overwrite(capsys, fitted):
 
 
 def test_resume_refuses_another_model(capsys, fitted):
-    code, _, err = run_main(capsys, *FIT, "--resume", "--model", "sbn_linear2",
-                            "--out", str(fitted))
+    code, _, err = run_main(
+        capsys, *FIT, "--resume", "--model", "sbn_linear2", "--out", str(fitted)
+    )
     assert code == 2
     assert "does not match" in err and "sbn_linear1" in err
 
 
 def test_evaluate_reports_bounds(capsys, fitted, tmp_path):
     report = tmp_path / "bounds.json"
-    code, out, _ = run_main(capsys, "evaluate", "--checkpoint", str(fitted), "--samples", "1",
-                            "20", "--split", "valid", "--max-examples", "30", "--json",
-                            str(report))
+    code, out, _ = run_main(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(fitted),
+        "--samples",
+        "1",
+        "20",
+        "--split",
+        "valid",
+        "--max-examples",
+        "30",
+        "--json",
+        str(report),
+    )
     assert code == 0
     assert "K=    1" in out and "K=   20" in out
     bounds = json.loads(report.read_text())["bounds"]
@@ -164,8 +201,9 @@ def test_evaluate_reports_bounds(capsys, fitted, tmp_path):
 def test_evaluate_bad_checkpoints(capsys, fitted, tmp_path):
     code, _, err = run_main(capsys, "evaluate", "--checkpoint", str(tmp_path))
     assert code == 2 and "not a pyro-discrete run directory" in err
-    code, _, err = run_main(capsys, "evaluate", "--checkpoint", str(fitted), "--model",
-                            "categorical_vae")
+    code, _, err = run_main(
+        capsys, "evaluate", "--checkpoint", str(fitted), "--model", "categorical_vae"
+    )
     assert code == 2 and "is a 'sbn_linear1' model" in err
     # a directory claiming another architecture than its parameters have
     fake = tmp_path / "fake"
@@ -181,12 +219,22 @@ def test_evaluate_bad_checkpoints(capsys, fitted, tmp_path):
 def test_resume_continues_exactly(cache, tmp_path):
     """Stopping after 3 steps and resuming gives bit-identical parameters and control-variate
     state to an uninterrupted run (separate processes, as a real resume would be)."""
-    common = ["fit", "--estimator", "nvil", "--eval-examples", "10", "--no-progress",
-              "--checkpoint-every", "3"]
+    common = [
+        "fit",
+        "--estimator",
+        "nvil",
+        "--eval-examples",
+        "10",
+        "--no-progress",
+        "--checkpoint-every",
+        "3",
+    ]
     a, b = tmp_path / "a", tmp_path / "b"
-    for argv in ([*common, "--steps", "6", "--out", str(a)],
-                 [*common, "--steps", "3", "--out", str(b)],
-                 [*common, "--steps", "6", "--out", str(b), "--resume"]):
+    for argv in (
+        [*common, "--steps", "6", "--out", str(a)],
+        [*common, "--steps", "3", "--out", str(b)],
+        [*common, "--steps", "6", "--out", str(b), "--resume"],
+    ):
         proc = run_subprocess(cache, *argv)
         assert proc.returncode == 0, proc.stderr[-2000:]
     ca = torch.load(a / "checkpoint.pt", weights_only=True)
@@ -200,40 +248,82 @@ def test_resume_continues_exactly(cache, tmp_path):
 
 
 def test_mixture_of_experts_fits(capsys, tmp_path):
-    code, out, _ = run_main(capsys, *FIT, "--model", "mixture_of_experts", "--estimator",
-                            "rebar", "--out", str(tmp_path / "moe"))
+    code, out, _ = run_main(
+        capsys,
+        *FIT,
+        "--model",
+        "mixture_of_experts",
+        "--estimator",
+        "rebar",
+        "--out",
+        str(tmp_path / "moe"),
+    )
     assert code == 0 and "valid ELBO" in out
 
 
 # -- compare and demo ------------------------------------------------------------------------
 
 
-COMPARE = ["compare", "--steps", "6", "--variance-points", "2", "--variance-samples", "4",
-           "--eval-points", "3", "--eval-examples", "50", "--no-progress"]
+COMPARE = [
+    "compare",
+    "--steps",
+    "6",
+    "--variance-points",
+    "2",
+    "--variance-samples",
+    "4",
+    "--eval-points",
+    "3",
+    "--eval-examples",
+    "50",
+    "--no-progress",
+]
 
 
 def test_compare_writes_report_csv_and_plots(capsys, tmp_path):
     out = tmp_path / "cmp"
-    code, stdout, _ = run_main(capsys, *COMPARE, "--estimators", "reinforce,rebar",
-                               "--iw-samples", "3", "--out", str(out))
+    code, stdout, _ = run_main(
+        capsys, *COMPARE, "--estimators", "reinforce,rebar", "--iw-samples", "3", "--out", str(out)
+    )
     assert code == 0
     assert str(out / "report.md") in stdout
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["elbo_vs_steps.png", "elbo_vs_time.png", "grad_variance.png",
-                     "report.md", "results.csv"]
+    assert names == [
+        "elbo_vs_steps.png",
+        "elbo_vs_time.png",
+        "grad_variance.png",
+        "report.md",
+        "results.csv",
+    ]
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0] == "estimator,metric,step,wall_time_s,value"
     metrics = {tuple(r.split(",")[:2]) for r in rows[1:]}
     for name in ("reinforce", "rebar"):
-        for metric in ("eval_elbo", "train_elbo_ema", "grad_log_variance", "ms_per_step",
-                       "valid_iw_bound_k3"):
+        for metric in (
+            "eval_elbo",
+            "train_elbo_ema",
+            "grad_log_variance",
+            "ms_per_step",
+            "valid_iw_bound_k3",
+        ):
             assert (name, metric) in metrics
     # variance measured for both estimators at the reference (rebar) run's steps 3 and 6
     variance = [r.split(",") for r in rows[1:] if ",grad_log_variance," in r]
     assert sorted((r[0], r[2]) for r in variance) == [
-        ("rebar", "3"), ("rebar", "6"), ("reinforce", "3"), ("reinforce", "6")]
+        ("rebar", "3"),
+        ("rebar", "6"),
+        ("reinforce", "3"),
+        ("reinforce", "6"),
+    ]
+    # timings are positive and the ELBO curve's clock only moves forward
+    for name in ("reinforce", "rebar"):
+        rows_n = [r.split(",") for r in rows[1:] if r.startswith(f"{name},")]
+        timing = {r[1]: float(r[4]) for r in rows_n if r[1] in ("ms_per_step", "first_step_s")}
+        assert timing["ms_per_step"] > 0 and timing["first_step_s"] > 0
+        clock = [float(r[3]) for r in rows_n if r[1] == "eval_elbo"]
+        assert clock[0] == 0 and clock == sorted(clock) and clock[-1] > 0
     report = (out / "report.md").read_text()
     assert "| reinforce |" in report and "| rebar |" in report
     assert "![ELBO vs steps](elbo_vs_steps.png)" in report
@@ -251,8 +341,16 @@ def test_failed_compare_leaves_nothing_behind(capsys, tmp_path, monkeypatch):
 
 
 def test_time_budget_too_small(capsys, tmp_path):
-    code, _, err = run_main(capsys, *COMPARE, "--estimators", "reinforce", "--time-budget", "1",
-                            "--out", str(tmp_path / "cmp"))
+    code, _, err = run_main(
+        capsys,
+        *COMPARE,
+        "--estimators",
+        "reinforce",
+        "--time-budget",
+        "1",
+        "--out",
+        str(tmp_path / "cmp"),
+    )
     assert code == 2 and "--time-budget" in err
     assert list(tmp_path.iterdir()) == []
 
