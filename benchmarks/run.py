@@ -132,10 +132,22 @@ def _pyro_persistent(svi: pyro.infer.SVI) -> Callable[[], list[Tensor]]:
     def tensors() -> list[Tensor]:
         store = pyro.get_param_store()
         params = [store._params[name] for name in store.keys()]
-        states = [t for opt in svi.optim.optim_objs.values() for t in _optim_state_tensors(opt)]
-        return _with_grads(params) + states
+        return _with_grads(params) + _pyro_optim_states(svi.optim)
 
     return tensors
+
+
+def _pyro_optim_states(optim: object) -> list[Tensor]:
+    # PyroOptim keeps one torch optimiser per parameter in ``optim_objs``; a fused wrapper
+    # (pyro_discrete's MultiTensorAdam) keeps one elsewhere: collect every torch optimiser
+    # among its attributes.
+    found: list[torch.optim.Optimizer] = []
+    for value in vars(optim).values():
+        if isinstance(value, torch.optim.Optimizer):
+            found.append(value)
+        elif isinstance(value, dict):
+            found += [v for v in value.values() if isinstance(v, torch.optim.Optimizer)]
+    return [t for opt in found for t in _optim_state_tensors(opt)]
 
 
 def _nbytes(tensors: list[Tensor]) -> int:
