@@ -305,6 +305,13 @@ def to_markdown(res: dict) -> str:
             f"{'' if hb is None else f'{hb:.2f}'} | {ratio} | "
             f"{'' if ha is None else f'{ha:.2f}'} | {r.get('error', 'ok')} |"
         )
+    lines += [
+        "",
+        "storchastic's RELAX surrogate is its default 50-unit MLP on the relaxed sample, "
+        "without REBAR's η f(σ_λ(z)) term; the hand-written RELAX has that term and a "
+        "200-200 network, so that ratio is not like for like. ARM and DisARM have no "
+        "hand-written counterpart here.",
+    ]
     lines += ["", "Bias on a 4-visible, 3-latent SBN (mean of chunked draws vs exact):", ""]
     lines += [
         "| estimator | max abs z | encoder scale | decoder scale | prior scale | status |",
