@@ -93,9 +93,7 @@ def registered_module(
     return pyro.module(name, module, update_module_params=True)
 
 
-def control_variate_lr(
-    model_lr: float, factor: float = 10.0, **adam_args
-) -> Callable[[str], dict]:
+def control_variate_lr(model_lr: float, factor: float = 10.0, **adam_args) -> Callable[[str], dict]:
     """``optim_args`` for :class:`pyro.optim.Adam` (or
     :class:`~pyro_discrete.optim.MultiTensorAdam`) giving control variates their own rate.
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
@@ -223,8 +222,11 @@ class DiscreteELBO(ELBO):
         ev = self._evaluate(model, guide, args, kwargs)
         terms = StepTerms()
         estimators = {type(site.estimator) for site in ev.sites.values()}
+        # particle-summed costs are averaged; VIMCO's bound already averages inside the log
+        scale = self.num_particles if ev.particle_frame is not None else 1
         if VIMCO in estimators:
             elbo, surrogate = self._vimco(ev)
+            scale = 1
         else:
             for site in ev.sites.values():
                 if site.estimator.multi_sample and ev.particle_frame is None:
@@ -247,7 +249,6 @@ class DiscreteELBO(ELBO):
             for g, p in zip(grads, params, strict=True):
                 if g is not None:
                     loss = loss + (g.detach() * p).sum()
-        scale = self.num_particles if ev.particle_frame is not None else 1
         return elbo / scale, loss / scale
 
     def _vimco(self, ev: Evaluation) -> tuple[Tensor, Tensor]:
@@ -271,13 +272,11 @@ class DiscreteELBO(ELBO):
         ndim = -min(d for _, d in common)
         pseudo = DiscreteSite("", None, "", _ShapeOnly(ndim), None, -1, tuple(common))
         log_w = sum(reduce_to_site(c.value, c.frames, pseudo) for c in ev.costs)
-        log_q = 0.0
+        log_q = torch.zeros_like(log_w)
         for site in ev.sites.values():
-            frames = _vectorized_frames(ev.guide_trace.nodes[site.name])
-            log_q = log_q + reduce_to_site(ev.score(site), frames, pseudo)
-        log_q = torch.as_tensor(log_q).expand_as(log_w) if not torch.is_tensor(log_q) else log_q
-        surrogate, bound = vimco_surrogate(log_w, log_q.expand_as(log_w), particle[1])
-        return bound.sum().detach() * self.num_particles, surrogate * self.num_particles
+            log_q = log_q + reduce_to_site(ev.score(site), site.frames, pseudo)
+        surrogate, bound = vimco_surrogate(log_w, log_q, particle[1])
+        return bound.sum().detach(), surrogate
 
     def _step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
         if self.vectorize_particles:
@@ -326,9 +325,9 @@ class DiscreteELBO(ELBO):
             for _ in range(runs):
                 with poutine.block():
                     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-                    model_trace = poutine.trace(
-                        poutine.replay(model, trace=guide_trace)
-                    ).get_trace(*args, **kwargs)
+                    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                        *args, **kwargs
+                    )
                 costs = cost_terms(
                     prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
                 )
@@ -354,6 +353,3 @@ def _warn_if_nan(value: float) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-_ = pyro  # the param store and module registration run through pyro's global state

@@ -10,7 +10,6 @@ estimate; control-variate objectives go into :class:`StepTerms`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyro
@@ -20,8 +19,8 @@ from torch import Tensor, nn
 from pyro_discrete import estimators as E
 from pyro_discrete.distributions import functional as F
 from pyro_discrete.infer import control_variates as cv
-from pyro_discrete.infer.evaluation import DiscreteSite, Evaluation, cost_terms
-from pyro_discrete.infer.sites import BERNOULLI, CATEGORICAL, ONE_HOT, SiteError, is_relaxable
+from pyro_discrete.infer.evaluation import DiscreteSite, Evaluation, cost_terms, reduce_to_site
+from pyro_discrete.infer.sites import BERNOULLI, CATEGORICAL, SiteError, is_relaxable
 
 
 @dataclass
@@ -261,8 +260,6 @@ class MuProp(SiteEstimator):
         taylor = slope.detach() * (site.value - mean.detach())
         if site.event_ndim:
             taylor = taylor.sum(tuple(range(-site.event_ndim, 0)))
-        from pyro_discrete.infer.evaluation import reduce_to_site
-
         taylor = reduce_to_site(taylor, site.frames, site)
         signal = ev.signal(site)
         residual = signal - mf_signal.detach() - taylor
@@ -639,10 +636,3 @@ def make_estimator(name: str, **options) -> SiteEstimator:
         valid = ", ".join(sorted(ESTIMATOR_CLASSES))
         raise ValueError(f"unknown estimator {name!r}; valid estimators: {valid}")
     return cls(**options)
-
-
-def option_names(names: Sequence[str]) -> set[str]:
-    return {key for name in names for key in ESTIMATOR_CLASSES[name].defaults}
-
-
-_ = ONE_HOT  # re-exported kinds are part of this module's vocabulary
