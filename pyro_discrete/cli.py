@@ -161,7 +161,7 @@ def make_task(
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(
             "--device cuda was requested but CUDA is not available to this torch build "
             f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch"
@@ -198,11 +198,13 @@ def param_store_state(prefix: str = "") -> dict:
     and cannot run code.
     """
     store = pyro.get_param_store()
+    # read directly: get_state() would also strip the params' `unconstrained` weakrefs
+    known = store._constraints
     params, constraints = {}, {}
     for name, value in store.named_parameters():
         if not name.startswith(prefix):
             continue
-        key = repr(store._constraints[name])
+        key = repr(known[name])
         if key not in _CONSTRAINTS:
             raise ValueError(f"cannot checkpoint parameter {name!r} with constraint {key}")
         params[name] = value.detach().clone()
@@ -284,7 +286,8 @@ def _read_config(run_dir: Path) -> dict:
 def _load_checkpoint(run_dir: Path) -> dict:
     path = run_dir / CHECKPOINT
     if not path.is_file():
-        raise CLIError(f"{run_dir} has no {CHECKPOINT} yet (the run saved no checkpoint)")
+        raise CLIError(f"{run_dir} has no {CHECKPOINT} (the run stopped before its first "
+                       "checkpoint); start it again with --overwrite")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
@@ -488,8 +491,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
 
     metrics_path = out / METRICS
-    if not metrics_path.exists():
-        metrics_path.write_text("step,wall_time_s,train_elbo_ema\n")
+    header = "step,wall_time_s,train_elbo_ema\n"
+    if checkpoint is not None and metrics_path.exists():
+        # rows past the checkpoint (a run stopped while saving) would be repeated on resume
+        rows = metrics_path.read_text().splitlines()[1:]
+        kept = [r for r in rows if r and int(r.split(",")[0]) <= run.step]
+        _atomic_write_text(metrics_path, header + "".join(r + "\n" for r in kept))
+    elif not metrics_path.exists():
+        metrics_path.write_text(header)
 
     def save(run: RunState) -> None:
         with metrics_path.open("a") as f:
@@ -1060,26 +1069,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", default=None, choices=["mnist", "fashion_mnist"],
                        help="data for the VAEs (default mnist; the mixture of experts always "
                        "uses synthetic data)")
-        p.add_argument("--binarization", default="static", choices=["static", "dynamic"])
+        p.add_argument("--binarization", default="static", choices=["static", "dynamic"],
+                       help="one fixed Bernoulli draw of the images, or a fresh one per batch")
         p.add_argument("--device", default="cpu", help="cpu or cuda")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                       help="seed of the initialisation, data order and binarisation")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         p.add_argument("--threads", type=_positive_int, default=1, help=_THREADS_HELP)
 
-    fit = sub.add_parser("fit", help="train one model with one estimator")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fit = sub.add_parser("fit", help="train one model with one estimator", formatter_class=fmt,
+                         description="Train one model with one estimator; checkpoints every "
+                         "--checkpoint-every steps, and --resume continues a run exactly.")
     common(fit, None)
     fit.add_argument("--estimator", default=None, help=f"one of: {estimator_names}")
     fit.add_argument("--steps", type=_positive_int, default=None,
                      help="total training steps (default 1000, or the run's own on --resume)")
-    fit.add_argument("--batch-size", type=_positive_int, default=24)
-    fit.add_argument("--lr", type=float, default=3e-4)
+    fit.add_argument("--batch-size", type=_positive_int, default=24, help="minibatch size")
+    fit.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the model")
     fit.add_argument("--cv-lr-factor", type=float, default=10.0,
                      help="control-variate learning rate as a multiple of --lr")
     fit.add_argument("--out", required=True, help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    fit.add_argument("--checkpoint-every", type=_positive_int, default=1000)
-    fit.add_argument("--log-every", type=_positive_int, default=50)
+    fit.add_argument("--checkpoint-every", type=_positive_int, default=1000,
+                     help="steps between checkpoints")
+    fit.add_argument("--log-every", type=_positive_int, default=50,
+                     help="steps between rows of metrics.csv")
     fit.add_argument("--eval-examples", type=_positive_int, default=1000,
                      help="validation examples for the final ELBO")
     fit.set_defaults(func=cmd_fit)
@@ -1088,46 +1104,66 @@ def build_parser() -> argparse.ArgumentParser:
         common(p, model)
         p.add_argument("--estimators", default=estimators,
                        help=f"comma-separated, from: {estimator_names}")
-        p.add_argument("--steps", type=_positive_int, default=steps)
+        p.add_argument("--steps", type=_positive_int, default=steps,
+                       help="training steps per estimator (an upper bound under --time-budget)")
         p.add_argument("--time-budget", type=float, default=budget,
                        help="seconds for the whole comparison: measures each estimator's step "
                        "time first and lowers --steps to fit")
-        p.add_argument("--batch-size", type=_positive_int, default=24)
-        p.add_argument("--lr", type=float, default=3e-4)
-        p.add_argument("--cv-lr-factor", type=float, default=10.0)
+        p.add_argument("--batch-size", type=_positive_int, default=24, help="minibatch size")
+        p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the model")
+        p.add_argument("--cv-lr-factor", type=float, default=10.0,
+                       help="control-variate learning rate as a multiple of --lr")
         p.add_argument("--reference", default=None,
                        help="estimator whose trajectory fixes the parameters at which every "
                        "gradient variance is measured (default rebar if listed, else first)")
-        p.add_argument("--variance-points", type=_positive_int, default=5)
-        p.add_argument("--variance-samples", type=_positive_int, default=100)
-        p.add_argument("--eval-points", type=_positive_int, default=20)
-        p.add_argument("--eval-examples", type=_positive_int, default=2000)
+        p.add_argument("--variance-points", type=_positive_int, default=5,
+                       help="points of the reference run where variances are measured")
+        p.add_argument("--variance-samples", type=_positive_int, default=100,
+                       help="gradient draws per estimator and point")
+        p.add_argument("--eval-points", type=_positive_int, default=20,
+                       help="points of each run where the ELBO is evaluated")
+        p.add_argument("--eval-examples", type=_positive_int, default=2000,
+                       help="training examples for the ELBO curves (and validation examples "
+                       "for --iw-samples)")
         p.add_argument("--iw-samples", type=int, default=0,
                        help="also report a K-sample importance-weighted bound on validation "
                        "examples (0: skip)")
-        p.add_argument("--out", default=out, required=out is None)
-        p.add_argument("--overwrite", action="store_true")
+        p.add_argument("--out", default=out, required=out is None,
+                       help="output directory (written whole at the end)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    compare = sub.add_parser("compare", help="train several estimators from one start")
+    compare = sub.add_parser(
+        "compare", help="train several estimators from one start", formatter_class=fmt,
+        description="Train every estimator from the same initialisation on the same minibatches "
+        "(taking turns), measure their gradient variance at shared parameter values, and write "
+        "report.md, results.csv and PNG plots to --out.")
     compare_options(compare, ",".join(DEMO_ESTIMATORS), 2000, None, None)
     compare.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser(
         "demo", help="compare reinforce, nvil, muprop, rebar, relax on binarised MNIST with "
-        "the linear one-layer belief net (under 10 minutes on 2 CPU cores)")
+        "the linear one-layer belief net (under 10 minutes on 2 CPU cores)", formatter_class=fmt,
+        description="`compare` with settings for a first look (what `make demo` runs): the "
+        "linear one-layer belief net on statically binarised MNIST, five estimators, as many "
+        "steps as --time-budget allows.")
     compare_options(demo, ",".join(DEMO_ESTIMATORS), 20000, "runs/demo", 480.0)
     demo.set_defaults(func=cmd_demo, lr=1e-3, iw_samples=100, eval_examples=1000)
 
-    evaluate = sub.add_parser("evaluate", help="importance-weighted bound of a fitted model")
+    evaluate = sub.add_parser(
+        "evaluate", help="importance-weighted bound of a fitted model", formatter_class=fmt,
+        description="The K-sample importance-weighted bound on log p(x) (Burda et al. 2016), "
+        "per example and averaged, for the checkpoint of a `fit` run.")
     evaluate.add_argument("--checkpoint", required=True, help="run directory of `fit`")
     evaluate.add_argument("--samples", type=_positive_int, nargs="+", default=[100],
                           help="one or more K")
     evaluate.add_argument("--split", default="test", choices=["valid", "test"])
-    evaluate.add_argument("--max-examples", type=_positive_int, default=None)
-    evaluate.add_argument("--batch-size", type=_positive_int, default=100)
+    evaluate.add_argument("--max-examples", type=_positive_int, default=None,
+                          help="evaluate on the first N examples of the split only")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=100,
+                          help="examples per vectorised pass")
     evaluate.add_argument("--model", default=None, help="assert the checkpoint's model")
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     evaluate.add_argument("--json", default=None, help="also write the bounds to this file")
     evaluate.add_argument("--threads", type=_positive_int, default=None,
                           help="torch intra-op threads (default: torch's choice; evaluation "

@@ -361,3 +361,29 @@ def test_demo_defaults():
     assert args.estimators == "reinforce,nvil,muprop,rebar,relax"
     assert args.time_budget is not None and args.time_budget <= 540
     assert args.func is cli.cmd_demo
+
+
+def test_param_store_state_round_trip_keeps_tensors_and_constraints():
+    from torch.distributions import constraints
+
+    module = torch.nn.Linear(2, 1)
+    pyro.module("net", module)
+    pyro.param("scale", torch.tensor(2.0), constraint=constraints.positive)
+    state = cli.param_store_state()
+    assert state["constraints"]["scale"] == "GreaterThan(lower_bound=0.0)"
+    weight = module.weight
+    with torch.no_grad():
+        weight.add_(1.0)
+        pyro.param("scale").unconstrained().add_(1.0)
+    cli.load_param_store_state(state)
+    # restored in place: the module still owns the store's tensor
+    assert module.weight is weight and pyro.param("net$$$weight") is weight
+    assert torch.allclose(weight, state["params"]["net$$$weight"])
+    assert pyro.param("scale").item() == pytest.approx(2.0)
+    pyro.clear_param_store()
+    cli.load_param_store_state(state)  # missing entries are added with their constraints
+    assert pyro.get_param_store()._constraints["scale"] == constraints.positive
+    assert pyro.param("scale").item() == pytest.approx(2.0)
+    pyro.param("odd", torch.tensor(0.5), constraint=constraints.interval(0.0, 2.0))
+    with pytest.raises(ValueError, match="cannot checkpoint parameter 'odd'"):
+        cli.param_store_state()
