@@ -1,9 +1,11 @@
 """Mixture of experts: exact enumeration (TraceEnum_ELBO) against sampling estimators.
 
 Part 1, one routing decision per data point with K = 4 experts: Pyro's ``TraceEnum_ELBO``
-sums over the K experts exactly, so it has no gradient noise at all; the sampling
-estimators (``DiscreteELBO``) are trained for the same number of steps from the same start
-and scored by the exact held-out log-likelihood.
+sums over the K experts exactly, so it has no gradient noise at all, at a step cost close to
+a sampling estimator's; the sampling estimators (``DiscreteELBO``) are trained for the same
+number of steps from the same start and scored by the exact held-out log-likelihood, on a
+few data sets (mixture likelihoods are multimodal: any single run can end in a poor optimum,
+with or without gradient noise).
 
 Part 2, where sampling wins: M routing decisions per data point (the prediction averages
 the M chosen experts). Exact enumeration must sum over all K^M joint configurations, so its
@@ -59,31 +61,42 @@ def train(model, guide, loss, data, steps=None, seconds=None, lr=0.02, batch_siz
 
 def part1(args) -> None:
     k = 4
-    data = synthetic_moe_data(num_points=6000, num_experts=k, seed=args.seed)
-    train_xy = (data.x[:5000], data.y[:5000])
-    test_xy = (data.x[5000:], data.y[5000:])
-    torch.manual_seed(args.seed)
-    init = MixtureOfExperts(2, 1, k).state_dict()
     steps = 20 if args.smoke else args.steps
-    print(f"Part 1: one routing latent per point, K={k} experts, {steps} steps of batch 100")
-    print(f"{'method':>24s} {'ms/step':>8s} {'held-out log p(y|x)':>20s}")
+    seeds = [args.seed] if args.smoke else [args.seed + i for i in range(args.seeds)]
     runs = [("TraceEnum_ELBO (exact)", None)] + [(name, name) for name in args.estimators]
-    for label, estimator in runs:
-        pyro.clear_param_store()
-        pyro.set_rng_seed(args.seed)
-        if estimator is None:
-            moe = EnumeratedMixtureOfExperts(2, 1, k)
-            loss = TraceEnum_ELBO(max_plate_nesting=1)
-        else:
-            moe = MixtureOfExperts(2, 1, k)
-            loss = sampling_elbo(estimator)
-        moe.load_state_dict(init)
-        t0 = time.perf_counter()
-        done = train(moe.model, moe.guide, loss, train_xy, steps=steps, seed=args.seed)
-        ms = 1000 * (time.perf_counter() - t0) / done
-        with torch.no_grad():
-            score = moe.log_likelihood(*test_xy).mean().item()
-        print(f"{label:>24s} {ms:8.1f} {score:20.3f}")
+    scores = {label: [] for label, _ in runs}
+    times = {label: [] for label, _ in runs}
+    for seed in seeds:
+        data = synthetic_moe_data(num_points=6000, num_experts=k, seed=seed)
+        train_xy = (data.x[:5000], data.y[:5000])
+        test_xy = (data.x[5000:], data.y[5000:])
+        torch.manual_seed(seed)
+        init = MixtureOfExperts(2, 1, k).state_dict()
+        for label, estimator in runs:
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            if estimator is None:
+                moe = EnumeratedMixtureOfExperts(2, 1, k)
+                loss = TraceEnum_ELBO(max_plate_nesting=1)
+            else:
+                moe = MixtureOfExperts(2, 1, k)
+                loss = sampling_elbo(estimator)
+            moe.load_state_dict(init)
+            t0 = time.perf_counter()
+            done = train(moe.model, moe.guide, loss, train_xy, steps=steps, seed=seed)
+            times[label].append(1000 * (time.perf_counter() - t0) / done)
+            with torch.no_grad():
+                scores[label].append(moe.log_likelihood(*test_xy).mean().item())
+    print(f"Part 1: one routing latent per point, K={k} experts, {steps} steps of batch 100, "
+          f"{len(seeds)} data sets / initialisations")
+    print("held-out log p(y|x) per point (higher is better); the likelihood is multimodal, "
+          "so single runs can land in different optima")
+    header = " ".join(f"{'seed ' + str(s):>8s}" for s in seeds)
+    print(f"{'method':>24s} {'ms/step':>8s} {header} {'mean':>8s}")
+    for label, _ in runs:
+        cells = " ".join(f"{v:8.3f}" for v in scores[label])
+        mean = sum(scores[label]) / len(seeds)
+        print(f"{label:>24s} {sum(times[label]) / len(seeds):8.1f} {cells} {mean:8.3f}")
 
 
 class MultiRouteExperts(nn.Module):
@@ -214,6 +227,7 @@ def main(argv=None) -> None:
                         help="comma-separated DiscreteELBO estimators; the last one is used "
                         "in part 2")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--seeds", type=int, default=3, help="data sets in part 1")
     parser.add_argument("--max-routes", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
