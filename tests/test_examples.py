@@ -13,13 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return {**os.environ, "PYRO_DISCRETE_CACHE": str(cache), "OMP_NUM_THREADS": "1",
-            "MPLBACKEND": "Agg"}
+    return {
+        **os.environ,
+        "PYRO_DISCRETE_CACHE": str(cache),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
 
 
 def run_example(env, name, *args):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--smoke", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), "--smoke", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -31,8 +41,9 @@ def test_discrete_vae(env):
 
 
 def test_discrete_vae_categorical(env):
-    out = run_example(env, "discrete_vae.py", "--model", "categorical_vae", "--estimator",
-                      "gumbel_rao")
+    out = run_example(
+        env, "discrete_vae.py", "--model", "categorical_vae", "--estimator", "gumbel_rao"
+    )
     assert "importance-weighted bound" in out
 
 

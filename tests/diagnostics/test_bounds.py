@@ -47,7 +47,12 @@ def test_chunks_and_minibatches_combine_exactly(tiny):
     x = tiny.x.repeat(4, 1)  # 24 rows
     pyro.set_rng_seed(1)
     got = importance_weighted_bound(
-        tiny.vae.model, tiny.vae.guide, x, num_samples=20, chunk_size=7, batch_size=10,
+        tiny.vae.model,
+        tiny.vae.guide,
+        x,
+        num_samples=20,
+        chunk_size=7,
+        batch_size=10,
         reduction="none",
     )
     pyro.set_rng_seed(1)

@@ -38,8 +38,9 @@ class StatefulELBO(TraceGraph_ELBO):
 def test_default_params_are_the_guides(tiny):
     names = guide_param_names(tiny.vae.guide, tiny.x)
     assert names == ["tiny_encoder$$$0.0.weight", "tiny_encoder$$$0.0.bias"]
-    stats = gradient_variance(TraceGraph_ELBO(), tiny.vae.model, tiny.vae.guide, tiny.x,
-                              num_samples=5)
+    stats = gradient_variance(
+        TraceGraph_ELBO(), tiny.vae.model, tiny.vae.guide, tiny.x, num_samples=5
+    )
     assert set(stats.variance) == set(names)
     assert stats.num_components == 4 * 3 + 3
 
@@ -50,7 +51,8 @@ def test_more_particles_divide_the_variance(tiny):
     one = gradient_variance(TraceGraph_ELBO(), *args, num_samples=200)
     four = gradient_variance(
         TraceGraph_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
-        *args, num_samples=200,
+        *args,
+        num_samples=200,
     )
     # Var of a mean of 4 i.i.d. draws is a quarter: log 4 = 1.39
     assert one.log_mean_variance - four.log_mean_variance == pytest.approx(1.39, abs=0.4)
@@ -67,9 +69,12 @@ def test_param_store_is_restored_before_each_draw_and_on_exit(tiny):
     after = dict(pyro.get_param_store().named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert all(p.grad is None for p in after.values())
-    assert "pyro_discrete/counter" not in gradient_variance(
-        elbo, tiny.vae.model, tiny.vae.guide, tiny.x, num_samples=2
-    ).variance
+    assert (
+        "pyro_discrete/counter"
+        not in gradient_variance(
+            elbo, tiny.vae.model, tiny.vae.guide, tiny.x, num_samples=2
+        ).variance
+    )
 
 
 def test_stale_param_store_is_reported():
@@ -84,8 +89,9 @@ def test_stale_param_store_is_reported():
 def test_ztest_accepts_an_unbiased_estimator(tiny):
     pyro.set_rng_seed(0)
     exact = tiny.exact_loss_grads()
-    result = bias_ztest(TraceGraph_ELBO(), exact, tiny.vae.model, tiny.vae.guide, tiny.x,
-                        num_samples=400)
+    result = bias_ztest(
+        TraceGraph_ELBO(), exact, tiny.vae.model, tiny.vae.guide, tiny.x, num_samples=400
+    )
     assert result.num_components == 15
     assert not result.rejects(0.01)
     assert result.max_abs_z < 4
@@ -94,8 +100,9 @@ def test_ztest_accepts_an_unbiased_estimator(tiny):
 def test_ztest_flags_a_biased_estimator(tiny):
     pyro.set_rng_seed(0)
     exact = tiny.exact_loss_grads()
-    result = bias_ztest(PathwiseOnlyELBO(), exact, tiny.vae.model, tiny.vae.guide, tiny.x,
-                        num_samples=400)
+    result = bias_ztest(
+        PathwiseOnlyELBO(), exact, tiny.vae.model, tiny.vae.guide, tiny.x, num_samples=400
+    )
     assert result.rejects(1e-6) and result.max_abs_z > 6
 
 
@@ -114,8 +121,15 @@ def test_ztest_p_value_is_bonferroni_corrected(tiny):
     # against a wrong "exact" gradient that differs in one component only by a set amount
     pyro.set_rng_seed(2)
     exact = tiny.exact_loss_grads()
-    single = bias_ztest(TraceGraph_ELBO(), exact, tiny.vae.model, tiny.vae.guide, tiny.x,
-                        num_samples=50, params=["tiny_encoder$$$0.0.bias"])
+    single = bias_ztest(
+        TraceGraph_ELBO(),
+        exact,
+        tiny.vae.model,
+        tiny.vae.guide,
+        tiny.x,
+        num_samples=50,
+        params=["tiny_encoder$$$0.0.bias"],
+    )
     assert single.num_components == 3
     import math
 
