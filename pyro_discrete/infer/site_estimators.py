@@ -528,16 +528,23 @@ class GumbelSoftmax(SiteEstimator):
     pathwise = True
     defaults = {"temperature": 1.0, "anneal_rate": 0.0, "min_temperature": 0.5}
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.step = 0
+    @property
+    def step(self) -> int:
+        """Steps taken so far; kept in the param store so that checkpoints resume it."""
+        store = pyro.get_param_store()
+        name = cv.state_name(self.name, "schedule", "step")
+        return int(store[name].item()) if name in store else 0
 
     def current_temperature(self) -> float:
         o = self.options
+        if not o["anneal_rate"]:
+            return o["temperature"]
         return max(o["min_temperature"], o["temperature"] * math.exp(-o["anneal_rate"] * self.step))
 
     def end_step(self) -> None:
-        self.step += 1
+        if self.options["anneal_rate"]:
+            name = cv.state_name(self.name, "schedule", "step")
+            pyro.get_param_store()[name] = torch.tensor(float(self.step + 1))
 
     def base_value(self, site):
         return site.relax(site.sample_z(site.logits, site.noise), self.current_temperature())

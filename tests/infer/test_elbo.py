@@ -558,6 +558,7 @@ def test_gumbel_temperature_anneals():
     assert temps[0] == 2.0
     assert temps[5] == pytest.approx(2.0 * torch.exp(torch.tensor(-0.5)).item())
     assert temps[-1] == 0.5
+    assert "pyro_discrete/gumbel/schedule/step" in pyro.get_param_store()  # checkpointed
 
 
 def _continuous_model(y):
