@@ -26,7 +26,6 @@ import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.subsample_messenger import _Subsample
-from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match
 from torch import Tensor
 
@@ -178,8 +177,6 @@ class DiscreteELBO(ELBO):
             for name, node in guide_trace.nodes.items()
             if node["type"] == "sample" and isinstance(node["fn"], _Subsample)
         }
-        pruned_model = prune_subsample_sites(model_trace)
-        pruned_guide = prune_subsample_sites(guide_trace)
         order = {name: i for i, name in enumerate(guide_trace.nodes)}
         sites = {}
         for name, site in records.items():
@@ -191,7 +188,7 @@ class DiscreteELBO(ELBO):
                 site.hard = site.value
             sites[name] = site
 
-        key = structure_key(pruned_model, pruned_guide)
+        key = structure_key(model_trace, guide_trace)
         deps = self._dependency_cache.get(key) if self.cache_dependencies else None
         if deps is None:
             deps = dependency_map(model, guide, args, kwargs, guide_trace, frozenset(sites))
@@ -206,10 +203,15 @@ class DiscreteELBO(ELBO):
             guide=guide,
             args=args,
             kwargs=kwargs,
-            model_trace=pruned_model,
+            model_trace=model_trace,
             guide_trace=guide_trace,
             sites=sites,
-            costs=cost_terms(pruned_model, pruned_guide, relaxed=True),
+            # continuous extensions only where values may be relaxed (Gumbel, ST)
+            costs=cost_terms(
+                model_trace,
+                guide_trace,
+                relaxed=any(site.estimator.pathwise for site in sites.values()),
+            ),
             deps=deps,
             particle_frame=particle_frame,
             subsamples=subsamples,
@@ -328,9 +330,7 @@ class DiscreteELBO(ELBO):
                     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                         *args, **kwargs
                     )
-                costs = cost_terms(
-                    prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-                )
+                costs = cost_terms(model_trace, guide_trace)
                 total += float(sum(c.value.sum() for c in costs))
             value = -total / self.num_particles
             _warn_if_nan(value)

@@ -18,7 +18,6 @@ from pyro.ops.provenance import extract_provenance, get_provenance, track_proven
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_discrete.distributions import functional as F
@@ -268,7 +267,7 @@ class Evaluation:
             model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
                 *self.args, **self.kwargs
             )
-        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        return model_trace, guide_trace
 
     def _base_value(self, name: str) -> Tensor | None:
         node = self.guide_trace.nodes.get(name)
