@@ -72,6 +72,20 @@ DEMO_ESTIMATORS = ("reinforce", "nvil", "muprop", "rebar", "relax")
 _FORMAT_VERSION = 1
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` where there is a default the help text does not state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            action.default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 class CLIError(Exception):
     """Bad input to the command line: reported as one line on stderr with exit status 2."""
 
@@ -1077,7 +1091,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         p.add_argument("--threads", type=_positive_int, default=1, help=_THREADS_HELP)
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelpFormatter
     fit = sub.add_parser("fit", help="train one model with one estimator", formatter_class=fmt,
                          description="Train one model with one estimator; checkpoints every "
                          "--checkpoint-every steps, and --resume continues a run exactly.")

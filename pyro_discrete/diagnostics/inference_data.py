@@ -135,7 +135,9 @@ def psis_khat(
     hundred or more for a stable fit) or an ``idata`` from :func:`to_inference_data`.
     Computed with :func:`arviz.psislw` over the draws of each data point.
 
-    :returns: a numpy array of shape ``(N,)``.
+    :returns: a numpy array of shape ``(N,)``; NaN (with a warning) where no Pareto tail
+        could be fitted, which happens when a small discrete guide puts many draws on the
+        same few values. Values above 0.7 mean the guide is a poor importance proposal.
 
     Example::
 
@@ -161,4 +163,17 @@ def psis_khat(
         # psislw warns when k-hat is large, which is what the caller asked to measure
         warnings.simplefilter("ignore", UserWarning)
         _, khat = az.psislw(log_w)
-    return np.asarray(khat)
+    khat = np.asarray(khat, dtype=float)
+    bad = ~np.isfinite(khat)
+    if bad.any():
+        # PSIS fits a generalised Pareto to the largest weights; with ties or too few
+        # distinct weights in the tail (small discrete guides) ArviZ returns inf.
+        warnings.warn(
+            f"psis_khat: no Pareto fit for {int(bad.sum())} of {khat.size} data points (too "
+            "few distinct importance weights in the tail, common for small discrete "
+            "guides); their k-hat is NaN. Draw more samples or read the log-weights directly",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        khat[bad] = np.nan
+    return khat

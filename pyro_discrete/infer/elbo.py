@@ -154,6 +154,7 @@ class DiscreteELBO(ELBO):
             estimator = self._estimator_for(msg)
             leaf = describe(fn)
             estimator.check_site(name, leaf.kind, leaf.name)
+            estimator.check_baseline_options(name, msg["infer"].get("baseline", {}))
             site = DiscreteSite(name, estimator, leaf.kind, fn, None, -1, ())
             records[name] = site
             if not is_relaxable(leaf.kind):

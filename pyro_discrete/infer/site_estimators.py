@@ -47,6 +47,8 @@ class SiteEstimator:
     pathwise: bool = False
     #: needs several particles evaluated as one vectorised batch
     multi_sample: bool = False
+    #: which of Pyro's ``infer={"baseline": {...}}`` options the estimator honours
+    baseline_options: tuple[str, ...] = ()
     defaults: dict = {}
 
     def __init__(self, **options):
@@ -65,6 +67,17 @@ class SiteEstimator:
         for key in ("temperature", "min_temperature"):
             if key in self.options and not self.options[key] > 0:
                 raise ValueError(f"estimator '{self.name}': {key} must be positive")
+
+    def check_baseline_options(self, name: str, options: dict) -> None:
+        """Refuse Pyro baseline options that this estimator would silently ignore."""
+        ignored = sorted(set(options) - set(self.baseline_options))
+        if ignored:
+            honoured = ", ".join(self.baseline_options) or "none"
+            raise SiteError(
+                f"site '{name}' sets infer={{'baseline': {{...}}}} option(s) {ignored}, which "
+                f"estimator '{self.name}' does not use (it honours: {honoured}); remove them, "
+                "or use 'reinforce', which takes all of Pyro's baseline options"
+            )
 
     def check_site(self, name: str, kind: str, dist_name: str) -> None:
         """Raise a :class:`SiteError` naming the site, its distribution and the fix."""
@@ -126,12 +139,6 @@ def pyro_baseline(ev: Evaluation, site: DiscreteSite, signal: Tensor, terms: Ste
     use_average = options.pop("use_decaying_avg_baseline", False)
     beta = options.pop("baseline_beta", 0.90)
     value = options.pop("baseline_value", None)
-    if options:
-        raise SiteError(
-            f"site '{site.name}': unrecognised baseline option(s) {sorted(options)}; valid: "
-            "nn_baseline, nn_baseline_input, use_decaying_avg_baseline, baseline_beta, "
-            "baseline_value"
-        )
     if nn_baseline is not None and value is not None:
         raise SiteError(f"site '{site.name}': use nn_baseline or baseline_value, not both")
     baseline: Tensor | float = 0.0
@@ -166,6 +173,13 @@ class Reinforce(SiteEstimator):
     """
 
     name = "reinforce"
+    baseline_options = (
+        "nn_baseline",
+        "nn_baseline_input",
+        "use_decaying_avg_baseline",
+        "baseline_beta",
+        "baseline_value",
+    )
 
     def surrogate(self, ev, site, terms):
         signal = ev.signal(site)
@@ -189,6 +203,7 @@ class NVIL(SiteEstimator):
     """
 
     name = "nvil"
+    baseline_options = ("nn_baseline", "nn_baseline_input")
     defaults = {"alpha": 0.8, "hidden": (100,), "normalize_variance": True}
 
     def _net_baseline(self, ev, site, signal):
@@ -481,7 +496,7 @@ class RELAX(REBAR):
                 self.networks,
             )
         else:  # the SVI optimizer steps only what is registered during the step
-            net = pyro.module(name, net)
+            net = pyro.module(name, net, update_module_params=True)
         out = net(features)
         return out.reshape(c_like.shape), [p for p in net.parameters() if p.requires_grad]
 

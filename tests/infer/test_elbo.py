@@ -200,9 +200,10 @@ def test_batch_size_may_change_between_steps_with_baselines():
                 infer={"baseline": {"use_decaying_avg_baseline": True}},
             )
 
-    for name in ("reinforce", "nvil", "muprop"):
+    _, plain_guide, _ = _sbn(8)
+    for name, g in (("reinforce", guide), ("nvil", plain_guide), ("muprop", plain_guide)):
         pyro.clear_param_store()
-        svi = SVI(model, guide, Adam({"lr": 0.01}), DiscreteELBO(name))
+        svi = SVI(model, g, Adam({"lr": 0.01}), DiscreteELBO(name))
         for batch in (4, 3, 8, 1):
             assert torch.isfinite(torch.tensor(svi.step(x[:batch])))
 
@@ -655,3 +656,39 @@ def test_control_variate_networks_follow_the_param_store():
         weight = pyro.param("pyro_discrete/relax/z/surrogate$$$0.weight")
         assert weight.shape[-1] == 2 * width
         assert weight.grad is None or torch.isfinite(weight.grad).all()
+
+
+@pytest.mark.parametrize(
+    "name, option",
+    [
+        ("rebar", "use_decaying_avg_baseline"),
+        ("rloo", "baseline_beta"),
+        ("nvil", "use_decaying_avg_baseline"),
+        ("reinforce", "made_up"),
+    ],
+)
+def test_baseline_options_an_estimator_would_ignore_are_refused(name, option):
+    model, guide = _one_site(
+        lambda logits: dist.Bernoulli(logits=logits).to_event(1),
+        infer={"baseline": {option: True}},
+    )
+    particles = 2 if name == "rloo" else 1
+    with pytest.raises(SiteError, match=f"site 'z'.*{option}.*'{name}'"):
+        DiscreteELBO(name, num_particles=particles).loss_and_grads(model, guide)
+
+
+def test_user_surrogate_resumes_from_a_loaded_param_store(tmp_path):
+    model, guide, x = _sbn(8)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    elbo = DiscreteELBO("relax", surrogate=net)
+    svi = SVI(model, guide, Adam({"lr": 0.05}), elbo)
+    for _ in range(3):
+        svi.step(x)
+    pyro.get_param_store().save(tmp_path / "p.pt")
+    saved = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)  # the in-memory network drifts from the checkpoint
+    pyro.get_param_store().load(tmp_path / "p.pt")
+    svi = SVI(model, guide, Adam({"lr": 0.0}), elbo)
+    svi.step(x)
+    assert torch.allclose(net[0].weight.detach(), saved)  # the checkpoint's values are used
