@@ -183,6 +183,10 @@ def gradient_variance(
     :math:`= \log \frac{1}{D}\sum_d \mathrm{Var}[\hat g_d]`, the quantity plotted in the
     REBAR paper [1] (there measured at the same parameter values for every estimator).
 
+    It measures the gradient the ELBO actually produces: NVIL's default variance
+    normalisation rescales the guide's gradient and makes its variance look small; pass
+    ``DiscreteELBO("nvil", normalize_variance=False)`` to measure the unbiased estimate.
+
     :param elbo: any object with Pyro's ``loss_and_grads(model, guide, *args)``, e.g.
         :class:`~pyro_discrete.infer.DiscreteELBO` or :class:`pyro.infer.TraceGraph_ELBO`.
     :param int num_samples: number of gradient draws (at least 2).
