@@ -1,7 +1,6 @@
 import os
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -15,13 +14,3 @@ def isolated_cache(tmp_path_factory):
         del os.environ["PYRO_DISCRETE_CACHE"]
     else:
         os.environ["PYRO_DISCRETE_CACHE"] = old
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run tiny tensor ops, where intra-op threads only add contention
-    (several times slower when pytest-xdist workers share two cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
