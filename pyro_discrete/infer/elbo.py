@@ -139,6 +139,9 @@ class DiscreteELBO(ELBO):
     def _evaluate(self, model, guide, args, kwargs) -> Evaluation:
         model, guide = self._wrap(model, guide, args, kwargs)
         records: dict[str, DiscreteSite] = {}
+        # Relaxed passes re-use the base noise of every site after the relaxed one, so
+        # from the first site whose estimator needs noise on, every site draws through it.
+        noise_from_here = [False]
 
         def choose(msg):
             fn = msg["fn"]
@@ -161,6 +164,9 @@ class DiscreteELBO(ELBO):
                 site.logits = leaf.logits  # index categoricals: NVIL's baseline input
                 return None
             site.logits = site_logits(fn, leaf)
+            noise_from_here[0] = noise_from_here[0] or estimator.needs_noise
+            if not noise_from_here[0]:
+                return None  # Pyro's own sampler: cheaper when no noise is re-used
             site.noise = F.uniform_like(site.logits)
             site.z = site.sample_z(site.logits, site.noise)
             site.hard = site.threshold(site.z).detach()

@@ -47,6 +47,8 @@ class SiteEstimator:
     pathwise: bool = False
     #: needs several particles evaluated as one vectorised batch
     multi_sample: bool = False
+    #: the base pass must draw the site through uniform noise that later passes re-use
+    needs_noise: bool = False
     #: which of Pyro's ``infer={"baseline": {...}}`` options the estimator honours
     baseline_options: tuple[str, ...] = ()
     defaults: dict = {}
@@ -318,6 +320,7 @@ class ARM(SiteEstimator):
 
     name = "arm"
     requires = "bernoulli"
+    needs_noise = True
 
     def _antithetic(self, ev, site):
         b_anti = F.heaviside(F.logistic_sample(site.logits, E.antithetic_uniform(site.noise)))
@@ -366,6 +369,7 @@ class REBAR(SiteEstimator):
 
     name = "rebar"
     requires = "relaxable"
+    needs_noise = True
     defaults = {
         "eta": 1.0,
         "temperature": 0.5,
@@ -541,6 +545,7 @@ class GumbelSoftmax(SiteEstimator):
     name = "gumbel"
     requires = "relaxable"
     pathwise = True
+    needs_noise = True
     defaults = {"temperature": 1.0, "anneal_rate": 0.0, "min_temperature": 0.5}
 
     @property
