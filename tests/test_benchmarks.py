@@ -26,16 +26,6 @@ ROWS = 1200  # per chunk, i.e. 600 copies of each of the 2 data points
 Z_MAX = 4.5  # about 40 components per test: a 4.5σ miss is a bug, not bad luck
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a loaded machine the thread
-    # barriers stall; one thread keeps these tests fast and steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _perturbed(model: hw.LatentModel, seed: int) -> hw.LatentModel:
     torch.manual_seed(seed)
     with torch.no_grad():
