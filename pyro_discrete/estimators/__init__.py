@@ -9,7 +9,7 @@ from pyro_discrete.estimators.arm import (
     arm_logit_gradient,
     disarm_logit_gradient,
 )
-from pyro_discrete.estimators.muprop import muprop_surrogate
+from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
 from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
@@ -26,6 +26,7 @@ __all__ = [
     "leave_one_out_signal",
     "logit_score",
     "muprop_surrogate",
+    "muprop_taylor_term",
     "nvil_baseline_loss",
     "nvil_signal",
     "nvil_update_statistics",

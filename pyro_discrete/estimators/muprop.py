@@ -23,27 +23,30 @@ from torch import Tensor
 __all__ = ["muprop_surrogate"]
 
 
+def muprop_taylor_term(slope: Tensor, value: Tensor, mean: Tensor, event_dims: int) -> Tensor:
+    r"""The first-order term :math:`f'(\bar\mu)^\top (b - \mu)`, summed over the last
+    ``event_dims`` dimensions (constant in :math:`\theta`)."""
+    taylor = slope.detach() * (value - mean.detach())
+    return taylor.sum(tuple(range(-event_dims, 0))) if event_dims else taylor
+
+
 def muprop_surrogate(
     log_q: Tensor,
     signal: Tensor,
-    value: Tensor,
-    mean: Tensor,
     mean_field_signal: Tensor,
-    mean_field_slope: Tensor,
-    event_dims: int,
+    taylor: Tensor,
+    slope: Tensor,
+    mean: Tensor,
     baseline: Tensor | float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Return ``(surrogate, residual)`` for one discrete site.
+    r"""Return ``(surrogate, residual)`` for one discrete site.
 
-    ``value`` and ``mean`` have the site's full shape (batch + event); ``mean_field_slope``
-    is :math:`f'(\\bar\\mu)` with that shape; ``signal``, ``mean_field_signal`` and
-    ``log_q`` have the batch shape. ``event_dims`` is the number of trailing dimensions that
-    the Taylor term sums over. ``residual`` is the centred signal (for baselines).
+    ``signal`` is :math:`f(b)`, ``mean_field_signal`` :math:`f(\bar\mu)` and ``taylor``
+    the first-order term (see :func:`muprop_taylor_term`), all shaped like ``log_q``'s
+    batch; ``slope`` (:math:`f'(\bar\mu)`) and ``mean`` (:math:`\mu`, with its
+    :math:`\theta`-graph) have the site's full shape. ``residual`` is the centred signal,
+    for the caller's running baseline.
     """
-    slope = mean_field_slope.detach()
-    taylor = slope * (value - mean.detach())
-    if event_dims:
-        taylor = taylor.sum(tuple(range(-event_dims, 0)))
-    residual = signal.detach() - mean_field_signal.detach() - taylor
-    analytic = (slope * mean).sum()
+    residual = (signal - mean_field_signal - taylor).detach()
+    analytic = (slope.detach() * mean).sum()
     return ((residual - baseline).detach() * log_q).sum() + analytic, residual

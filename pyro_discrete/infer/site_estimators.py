@@ -274,23 +274,20 @@ class MuProp(SiteEstimator):
         if slope is None:
             slope = torch.zeros_like(mean_bar)
         mean = site.mean(site.logits)
-        taylor = slope.detach() * (site.value - mean.detach())
-        if site.event_ndim:
-            taylor = taylor.sum(tuple(range(-site.event_ndim, 0)))
+        taylor = E.muprop_taylor_term(slope, site.value, mean, site.event_ndim)
         taylor = reduce_to_site(taylor, site.frames, site)
         signal = ev.signal(site)
-        residual = signal - mf_signal.detach() - taylor
         scale = _site_scale(ev, site)
         name = cv.state_name(self.name, site.name, "average")
-        average = cv.running_statistic(name, residual)
+        average = cv.running_statistic(name, signal)
+        surrogate, residual = E.muprop_surrogate(
+            ev.score(site), signal, mf_signal, taylor, slope, mean, scale * average
+        )
         cv.set_running_statistic(
             name,
             E.decaying_average(average, (residual / scale).mean(), self.options["baseline_beta"]),
         )
-        return (
-            E.score_surrogate(ev.score(site), residual, scale * average)
-            + (slope.detach() * mean).sum()
-        )
+        return surrogate
 
 
 class RLOO(SiteEstimator):
