@@ -137,6 +137,8 @@ class DiscreteELBO(ELBO):
         return self._vectorized_num_particles(model), self._vectorized_num_particles(guide)
 
     def _evaluate(self, model, guide, args, kwargs) -> Evaluation:
+        # one ELBO object may serve several models whose sites share names and shapes
+        identity = (id(model), id(guide))
         model, guide = self._wrap(model, guide, args, kwargs)
         records: dict[str, DiscreteSite] = {}
         # Relaxed passes re-use the base noise of every site after the relaxed one, so
@@ -195,7 +197,7 @@ class DiscreteELBO(ELBO):
                 site.hard = site.value
             sites[name] = site
 
-        key = structure_key(model_trace, guide_trace)
+        key = (identity, structure_key(model_trace, guide_trace))
         deps = self._dependency_cache.get(key) if self.cache_dependencies else None
         if deps is None:
             deps = dependency_map(model, guide, args, kwargs, guide_trace, frozenset(sites))

@@ -692,3 +692,32 @@ def test_user_surrogate_resumes_from_a_loaded_param_store(tmp_path):
     svi = SVI(model, guide, Adam({"lr": 0.0}), elbo)
     svi.step(x)
     assert torch.allclose(net[0].weight.detach(), saved)  # the checkpoint's values are used
+
+
+def test_one_elbo_serves_two_models_with_the_same_site_names():
+    """Cached dependency maps belong to a model: a second model with the same sites but
+    another data flow must not reuse the first one's."""
+    y = torch.tensor([0.3, -0.4])
+
+    def guide(y):
+        with pyro.plate("data", 2):
+            a = pyro.sample("a", dist.Bernoulli(logits=pyro.param("qa", torch.zeros(2))))
+            pyro.sample("b", dist.Bernoulli(logits=pyro.param("qb", torch.zeros(2)) + a))
+
+    def model_uses_a(y):
+        with pyro.plate("data", 2):
+            a = pyro.sample("a", dist.Bernoulli(0.5 * torch.ones(2)))
+            pyro.sample("b", dist.Bernoulli(0.5 * torch.ones(2)))
+            pyro.sample("y", dist.Normal(a, 1.0), obs=y)
+
+    def model_uses_b(y):
+        with pyro.plate("data", 2):
+            pyro.sample("a", dist.Bernoulli(0.5 * torch.ones(2)))
+            b = pyro.sample("b", dist.Bernoulli(0.5 * torch.ones(2)))
+            pyro.sample("y", dist.Normal(3.0 * b, 1.0), obs=y)
+
+    elbo = DiscreteELBO("reinforce", max_plate_nesting=1)
+    elbo.loss_and_grads(model_uses_a, guide, y)
+    elbo.loss_and_grads(model_uses_b, guide, y)
+    deps = [d for key, d in elbo._dependency_cache.items() if key[0][0] == id(model_uses_b)]
+    assert deps and "b" in deps[0][("model", "y")]
