@@ -19,9 +19,8 @@ class PyroPair:
     """``model(x)`` and ``guide(x)`` around a :class:`LatentModel`.
 
     :param prefix: prefix of the parameter names and of the sample-site names (each
-        variant gets its own). Site names matter too: an ELBO may key control-variate
-        state by site name outside Pyro's param store (pyro_discrete's
-        ``control_variates._MODULES`` does), and two variants must not share it.
+        variant gets its own), so that no two variants share control-variate state in the
+        param store, which is keyed by site name.
     :param nn_baselines: one NVIL baseline net per layer, passed to the guide sites as
         Pyro's ``infer={"baseline": {"nn_baseline": ...}}`` (TraceGraph_ELBO's mechanism).
     """
