@@ -222,6 +222,7 @@ class DiscreteELBO(ELBO):
                 relaxed=any(site.estimator.pathwise for site in sites.values()),
             ),
             deps=deps,
+            orders=order,
             particle_frame=particle_frame,
             subsamples=subsamples,
         )

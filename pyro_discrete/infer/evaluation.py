@@ -73,18 +73,11 @@ class DiscreteSite:
     def conditional_z(self, logits: Tensor, reuse_noise: bool = True) -> Tensor:
         """:math:`\\tilde z \\sim p(z \\mid b)`, re-using the base noise when asked."""
         if self.one_hot:
-            noise = (
-                F.gumbel_conditional_noise(self.logits, self.z, self.hard)
-                if reuse_noise
-                else F.uniform_like(logits)
-            )
-            return F.gumbel_conditional_sample(logits, self.hard, noise)
-        noise = (
-            F.logistic_conditional_noise(self.logits, self.z, self.hard)
-            if reuse_noise
-            else F.uniform_like(logits)
-        )
-        return F.logistic_conditional_sample(logits, self.hard, noise)
+            recover, sample = F.gumbel_conditional_noise, F.gumbel_conditional_sample
+        else:
+            recover, sample = F.logistic_conditional_noise, F.logistic_conditional_sample
+        noise = recover(self.logits, self.z, self.hard) if reuse_noise else F.uniform_like(logits)
+        return sample(logits, self.hard, noise)
 
     def mean(self, logits: Tensor) -> Tensor:
         return logits.softmax(-1) if self.one_hot else logits.sigmoid()
@@ -126,7 +119,7 @@ def reduce_to_site(value: Tensor, frames: tuple, site: DiscreteSite) -> Tensor:
     The result broadcasts against the site's batch shape: a datum's latent sees its own
     datum's costs (Rao-Blackwellisation across plate elements), a global latent sees all.
     """
-    shared = {dim for name_dim in frames if name_dim in site.frames for dim in (name_dim[1],)}
+    shared = {dim for name, dim in frames if (name, dim) in site.frames}
     dims = [d for d in range(-value.dim(), 0) if d not in shared]
     if dims:
         value = value.sum(dims, keepdim=True)
@@ -232,7 +225,9 @@ class Evaluation:
     sites: dict[str, DiscreteSite]
     costs: list[Cost]
     deps: dict[tuple[str, str], frozenset]
+    orders: dict[str, int]
     particle_frame: tuple | None = None
+    subsamples: dict[str, Tensor] = field(default_factory=dict)
     _mean_field: tuple | None = field(default=None, repr=False)
 
     # -- learning signals -------------------------------------------------------------
@@ -273,11 +268,6 @@ class Evaluation:
         node = self.guide_trace.nodes.get(name)
         return None if node is None else node["value"]
 
-    subsamples: dict[str, Tensor] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self._orders = {name: i for i, name in enumerate(self.guide_trace.nodes)}
-
     def prefix_choice(self, site: DiscreteSite, at_site: Callable, after: Callable) -> Callable:
         """A policy: base values before ``site`` (in guide order), ``at_site(msg)`` at it,
         ``after(msg)`` later (``None`` samples afresh). Subsample indices are always kept."""
@@ -289,7 +279,7 @@ class Evaluation:
                 return self._subsample_value(name)
             if name == site.name:
                 return at_site(msg)
-            i = self._orders.get(name)
+            i = self.orders.get(name)
             if i is not None and i < order:
                 return self._base_value(name)
             return after(msg)

@@ -123,8 +123,7 @@ class SiteEstimator:
 
 
 def _site_scale(ev: Evaluation, site: DiscreteSite) -> float | Tensor:
-    scale = ev.guide_trace.nodes[site.name]["scale"]
-    return scale
+    return ev.guide_trace.nodes[site.name]["scale"]
 
 
 def pyro_baseline(ev: Evaluation, site: DiscreteSite, signal: Tensor, terms: StepTerms):
