@@ -39,16 +39,45 @@ def control_variate_state() -> dict[str, Tensor]:
     return {k: store[k].detach().clone() for k in store.keys() if k.startswith(PREFIX)}
 
 
+#: param-store names of every running statistic read so far in this process
+_RUNNING: set[str] = set()
+
+
 def running_statistic(name: str, like: Tensor, init: float = 0.0) -> Tensor:
-    """Read a running statistic (a scalar), creating it on first use."""
+    """Read a running statistic (a scalar), creating it on first use.
+
+    The returned tensor is the store's own (detached): :func:`set_running_statistic`
+    updates it in place, so a traced or captured step that reads it once keeps seeing the
+    current value on replay.
+    """
     store = pyro.get_param_store()
     if name not in store:
         store[name] = torch.tensor(init, dtype=like.dtype, device=like.device)
+    _RUNNING.add(name)
     return store[name].detach()
 
 
 def set_running_statistic(name: str, value: Tensor) -> None:
-    pyro.get_param_store()[name] = value.detach()
+    """Write a running statistic in place (a new tensor only if its shape or device changed)."""
+    store = pyro.get_param_store()
+    value = value.detach()
+    if name in store:
+        current = store[name]
+        if current.shape == value.shape and current.device == value.device:
+            with torch.no_grad():
+                current.copy_(value)
+            _RUNNING.add(name)
+            return
+    store[name] = value
+    _RUNNING.add(name)
+
+
+def running_statistics() -> dict[str, Tensor]:
+    """The store's own tensors of every running statistic in use (decaying averages, NVIL's
+    mean and variance, annealing step counters): the per-step state that is not trained by
+    the optimizer, for synchronising across processes or replaying a compiled step."""
+    store = pyro.get_param_store()
+    return {name: store[name].detach() for name in sorted(_RUNNING) if name in store}
 
 
 def trained_scalar(name: str, like: Tensor, init: float) -> Tensor:

@@ -544,26 +544,44 @@ class GumbelSoftmax(SiteEstimator):
     needs_noise = True
     defaults = {"temperature": 1.0, "anneal_rate": 0.0, "min_temperature": 0.5}
 
+    def _step_counter(self, like: Tensor) -> Tensor:
+        """Steps taken so far: a running statistic updated in place (checkpoints resume
+        it, and a replayed compiled step advances it without a host sync)."""
+        return cv.running_statistic(cv.state_name(self.name, "schedule", "step"), like)
+
     @property
     def step(self) -> int:
-        """Steps taken so far; kept in the param store so that checkpoints resume it."""
+        """Steps taken so far (reads the counter: a host sync)."""
         store = pyro.get_param_store()
         name = cv.state_name(self.name, "schedule", "step")
         return int(store[name].item()) if name in store else 0
 
-    def current_temperature(self) -> float:
+    def current_temperature(self, like: Tensor | None = None) -> Tensor | float:
+        """:math:`\\lambda_t`, a tensor computed on the device when annealing."""
         o = self.options
         if not o["anneal_rate"]:
             return o["temperature"]
-        return max(o["min_temperature"], o["temperature"] * math.exp(-o["anneal_rate"] * self.step))
+        if like is None:
+            return max(
+                o["min_temperature"], o["temperature"] * math.exp(-o["anneal_rate"] * self.step)
+            )
+        step = self._step_counter(like)
+        return (o["temperature"] * torch.exp(-o["anneal_rate"] * step)).clamp(
+            min=o["min_temperature"]
+        )
 
     def end_step(self) -> None:
         if self.options["anneal_rate"]:
+            store = pyro.get_param_store()
             name = cv.state_name(self.name, "schedule", "step")
-            pyro.get_param_store()[name] = torch.tensor(float(self.step + 1))
+            if name in store:
+                with torch.no_grad():
+                    store[name].add_(1.0)
 
     def base_value(self, site):
-        return site.relax(site.sample_z(site.logits, site.noise), self.current_temperature())
+        return site.relax(
+            site.sample_z(site.logits, site.noise), self.current_temperature(site.logits)
+        )
 
     def surrogate(self, ev, site, terms):
         return 0.0
@@ -579,7 +597,9 @@ class StraightThrough(GumbelSoftmax):
     name = "st"
 
     def base_value(self, site):
-        soft = site.relax(site.sample_z(site.logits, site.noise), self.current_temperature())
+        soft = site.relax(
+            site.sample_z(site.logits, site.noise), self.current_temperature(site.logits)
+        )
         return site.hard + soft - soft.detach()
 
 
@@ -612,7 +632,7 @@ class GumbelRao(GumbelSoftmax):
         # Paulus et al. hold the conditional noise fixed and differentiate through the
         # location only: the mean of straight-through gradients given b.
         z_tilde = location + (z_tilde - location).detach()
-        soft = site.relax(z_tilde, self.current_temperature()).mean(0)
+        soft = site.relax(z_tilde, self.current_temperature(site.logits)).mean(0)
         return site.hard + soft - soft.detach()
 
 
