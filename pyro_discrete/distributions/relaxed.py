@@ -27,7 +27,13 @@ from torch.distributions import constraints
 
 from . import functional as fn
 from ._densities import gumbel_log_density, logistic_log_density
-from ._params import BernoulliParams, CategoricalParams, SampleShape, check_temperature
+from ._params import (
+    BernoulliParams,
+    CategoricalParams,
+    SampleShape,
+    check_temperature,
+    straight_through,
+)
 from .conditional import ConditionalGumbelCategorical, ConditionalLogisticBernoulli
 
 __all__ = ["LogisticBernoulli", "GumbelCategorical"]
@@ -131,6 +137,29 @@ class LogisticBernoulli(BernoulliParams):
             logits=self.logits, outcome=outcome, validate_args=self._validate_args
         )
 
+    def reparameterize(self, noise: Tensor) -> Tensor:
+        r""":math:`z` from given uniform ``noise`` :math:`u` (``rsample`` draws its own):
+        :math:`z = \ell + \log u - \log(1 - u)`. Estimators that evaluate the model
+        several times at values of one draw keep :math:`u`."""
+        return fn.logistic_sample(self.logits.expand(noise.shape), noise)
+
+    def straight_through(self, z: Tensor, temperature: Tensor | float) -> Tensor:
+        r"""The straight-through value: exactly :math:`H(z)` in the forward pass, the
+        gradient of :math:`\sigma(z/\lambda)` in the backward pass."""
+        return straight_through(self.threshold(z).detach(), self.relax(z, temperature))
+
+    def rao_blackwellized_relax(
+        self, outcome: Tensor, temperature: Tensor | float, num_samples: int
+    ) -> Tensor:
+        r"""Gumbel-Rao's relaxed value (Paulus et al. 2021): the mean of
+        :math:`\sigma(\tilde z_k/\lambda)` over ``num_samples`` draws
+        :math:`\tilde z_k \sim p(z \mid H(z) = b)`, the noise :math:`\tilde z_k - \ell`
+        held fixed in the backward pass (as in straight-through), so that its gradient
+        estimates :math:`E[\hat g_{ST} \mid b]`."""
+        return _rao_blackwellized_relax(
+            self, self.logits, outcome, temperature, num_samples, fn.logistic_conditional_sample
+        )
+
 
 class GumbelCategorical(CategoricalParams):
     r"""The Gumbel-max variable :math:`z_k = \log\theta_k + g_k`, :math:`g_k` i.i.d. standard
@@ -224,3 +253,38 @@ class GumbelCategorical(CategoricalParams):
         return ConditionalGumbelCategorical(
             logits=self.logits, outcome=outcome, validate_args=self._validate_args
         )
+
+    def reparameterize(self, noise: Tensor) -> Tensor:
+        r""":math:`z` from given uniform ``noise`` :math:`u` (``rsample`` draws its own):
+        :math:`z_k = \log\theta_k - \log(-\log u_k)`."""
+        return fn.gumbel_sample(self.logits.expand(noise.shape), noise)
+
+    def straight_through(self, z: Tensor, temperature: Tensor | float) -> Tensor:
+        r"""The straight-through value: exactly :math:`\mathrm{onehot}(\arg\max z)` in the
+        forward pass, the gradient of :math:`\mathrm{softmax}(z/\lambda)` in the backward
+        pass."""
+        return straight_through(self.threshold(z).detach(), self.relax(z, temperature))
+
+    def rao_blackwellized_relax(
+        self, outcome: Tensor, temperature: Tensor | float, num_samples: int
+    ) -> Tensor:
+        r"""Gumbel-Rao's relaxed value (Paulus et al. 2021): the mean of
+        :math:`\mathrm{softmax}(\tilde z_k/\lambda)` over ``num_samples`` draws
+        :math:`\tilde z_k \sim p(z \mid \arg\max z = b)`, the Gumbel noise
+        :math:`\tilde z_k - \log\theta` held fixed in the backward pass."""
+        log_theta = torch.log_softmax(self.logits, -1)
+        return _rao_blackwellized_relax(
+            self, log_theta, outcome, temperature, num_samples, fn.gumbel_conditional_sample
+        )
+
+
+def _rao_blackwellized_relax(relaxation, location, outcome, temperature, num_samples, sample):
+    shape = torch.Size((num_samples,)) + outcome.shape
+    location = location.expand(shape)
+    noise = fn.uniform_like(location)
+    with torch.no_grad():
+        z = sample(location, outcome.expand(shape), noise)
+    # Differentiating through the conditional sampler instead (REBAR's reparameterisation)
+    # has another expectation; Paulus et al. move only the location.
+    z = location + (z - location.detach())
+    return relaxation.relax(z, temperature).mean(0)

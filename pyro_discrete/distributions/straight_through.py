@@ -45,6 +45,7 @@ from ._params import (
     straight_through,
     validation_enabled,
 )
+from .relaxed import GumbelCategorical, LogisticBernoulli
 
 __all__ = [
     "StraightThroughBernoulli",
@@ -195,15 +196,8 @@ class GumbelRaoBernoulli(StraightThroughBernoulli):
     def rsample(self, sample_shape: SampleShape = ()) -> Tensor:
         with torch.no_grad():
             hard = fn.heaviside(self._noise(sample_shape))
-        logits = self.logits.expand(hard.shape)
-        v = fn.uniform_like(logits, torch.Size((self.num_samples,)) + hard.shape)
-        with torch.no_grad():
-            z = fn.logistic_conditional_sample(logits, hard, v)
-        # Hold the noise z~ - logit fixed, so dz~/dlogit = 1 as in straight-through: the
-        # average is then E[ST gradient | b]. Differentiating through the conditional
-        # sampler instead (REBAR's reparameterisation) has a different expectation.
-        z = logits + (z - logits.detach())
-        soft = fn.relax_bernoulli(z, self.temperature).mean(0)
+        relaxation = LogisticBernoulli(logits=self.logits, validate_args=False)
+        soft = relaxation.rao_blackwellized_relax(hard, self.temperature, self.num_samples)
         return straight_through(hard, soft)
 
 
@@ -354,12 +348,6 @@ class GumbelRaoOneHotCategorical(StraightThroughOneHotCategorical):
     def rsample(self, sample_shape: SampleShape = ()) -> Tensor:
         with torch.no_grad():
             hard = fn.onehot_argmax(self._noise(sample_shape))
-        log_theta = torch.log_softmax(self.logits, -1).expand(hard.shape)
-        v = fn.uniform_like(log_theta, torch.Size((self.num_samples,)) + hard.shape)
-        with torch.no_grad():
-            z = fn.gumbel_conditional_sample(log_theta, hard, v)
-        # Hold the Gumbel noise z~ - log(theta) fixed, as in straight-through and in Paulus
-        # et al.'s code: the average is then E[ST gradient | b]. Differentiating through the
-        # conditional sampler instead (REBAR's reparameterisation) has another expectation.
-        z = log_theta + (z - log_theta.detach())
-        return straight_through(hard, self._relax(z).mean(0))
+        relaxation = GumbelCategorical(logits=self.logits, validate_args=False)
+        soft = relaxation.rao_blackwellized_relax(hard, self.temperature, self.num_samples)
+        return straight_through(hard, soft)

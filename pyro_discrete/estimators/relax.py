@@ -31,6 +31,8 @@ __all__ = ["relax_logit_gradient", "gradient_variance_loss"]
 
 
 def _grad_or_zero(output: Tensor, logits: Tensor, create_graph: bool) -> Tensor:
+    if not output.requires_grad:  # the surrogate does not depend on the relaxed value
+        return torch.zeros_like(logits)
     (grad,) = torch.autograd.grad(
         output, logits, create_graph=create_graph, retain_graph=True, allow_unused=True
     )

@@ -1,5 +1,9 @@
 r"""``DiscreteELBO``: one SVI loss for models with discrete latents, estimator by argument.
 
+The driver traces the base pass, hands each discrete guide site to its estimator's adapter
+(:mod:`pyro_discrete.infer.adapters`), sums the terms they return, and refuses a step whose
+loss is not finite before anything is updated. It knows no estimator by name.
+
 >>> import torch, pyro, pyro.distributions as dist
 >>> from pyro.infer import SVI
 >>> from pyro.optim import Adam
@@ -18,39 +22,33 @@ r"""``DiscreteELBO``: one SVI loss for models with discrete latents, estimator b
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
-from pyro.poutine.subsample_messenger import _Subsample
-from pyro.util import check_model_guide_match
+from pyro.util import check_model_guide_match, check_site_shape
 from torch import Tensor
 
-from pyro_discrete.distributions import functional as F
-from pyro_discrete.estimators import vimco_surrogate
-from pyro_discrete.infer.evaluation import (
-    GUIDE,
-    DiscreteSite,
-    Evaluation,
-    _GuidePolicy,
-    _vectorized_frames,
-    cost_terms,
+from pyro_discrete.infer import control_variates as cv
+from pyro_discrete.infer.adapters import SiteEstimator, Terms, make_estimator
+from pyro_discrete.infer.dependencies import (
     dependency_map,
-    reduce_to_site,
+    replay_guide_then_model,
     structure_key,
 )
-from pyro_discrete.infer.site_estimators import (
-    VIMCO,
-    SiteEstimator,
-    StepTerms,
-    make_estimator,
-)
-from pyro_discrete.infer.sites import SiteError, describe, is_relaxable, site_logits
+from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
+from pyro_discrete.infer.sites import SiteError
 
 PARTICLE_PLATE = "num_particles_vectorized"
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A step whose loss or gradient is not finite; nothing was updated."""
 
 
 class DiscreteELBO(ELBO):
@@ -65,20 +63,30 @@ class DiscreteELBO(ELBO):
     tracking, as Pyro's ``TraceGraph_ELBO``), reduced per element of the plates it shares
     with them.
 
-    :param str estimator: one of ``"reinforce"``, ``"nvil"``, ``"muprop"``, ``"rloo"``,
-        ``"vimco"``, ``"arm"``, ``"disarm"``, ``"rebar"``, ``"relax"``, ``"gumbel"``,
-        ``"st"``, ``"gumbel_rao"``. A guide site's ``infer={"estimator": name,
-        "estimator_options": {...}}`` overrides it for that site.
-    :param int num_particles: samples per step; ``"rloo"`` and ``"vimco"`` need at least
-        2 and always evaluate them as one vectorised batch.
-    :param int max_plate_nesting: as in Pyro; guessed when needed and not given.
+    A step whose ELBO or loss is not finite raises :class:`NonFiniteLossError` naming the
+    cost terms, before any parameter or control-variate state changes.
+
+    :param str estimator: one of :data:`~pyro_discrete.infer.ESTIMATORS` (``"reinforce"``,
+        ``"nvil"``, ``"muprop"``, ``"rloo"``, ``"vimco"``, ``"arm"``, ``"disarm"``,
+        ``"rebar"``, ``"relax"``, ``"gumbel"``, ``"st"``, ``"gumbel_rao"``, ...). A guide
+        site's ``infer={"estimator": name, "estimator_options": {...}}`` overrides it for
+        that site.
+    :param int num_particles: samples per step; multi-sample estimators (``"rloo"``,
+        ``"vimco"``) need at least 2 and always evaluate them as one vectorised batch.
+    :param int max_plate_nesting: as in Pyro; guessed when needed and not given (the guess
+        draws no random numbers).
     :param bool vectorize_particles: evaluate particles as one batch (as in Pyro).
     :param bool cache_dependencies: find which costs depend on which site once per trace
-        structure (site names, shapes, plates) instead of every step. Turn it off only for
-        models whose data flow between sites changes with the sampled values while the
-        sites stay the same.
-    :param estimator_options: options of the chosen estimator (see its class), e.g.
-        ``temperature=0.5, learn_control_variates=False`` for ``"rebar"``.
+        structure (site names, shapes, plates) instead of every step. Data flow is read by
+        provenance tracking, which sees tensor operations only: Python control flow on a
+        sampled value (``if z.item() == 1``) is invisible either way, and a site that no
+        other cost depends on gets a warning.
+    :param dict estimator_options: options of the chosen estimator (see its class), e.g.
+        ``{"temperature": 0.5, "learn_control_variates": False}`` for ``"rebar"``; they may
+        also be passed as extra keyword arguments.
+    :param bool check_finite: raise on a non-finite loss (a host sync each step).
+
+    The other keyword arguments are Pyro's :class:`~pyro.infer.elbo.ELBO` arguments.
     """
 
     def __init__(
@@ -86,11 +94,19 @@ class DiscreteELBO(ELBO):
         estimator: str = "reinforce",
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
+        max_iarange_nesting=None,
         vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
+        jit_options=None,
+        retain_graph=None,
+        tail_adaptive_beta: float = -1.0,
         cache_dependencies: bool = True,
-        **estimator_options,
+        estimator_options: dict | None = None,
+        check_finite: bool = True,
+        **options,
     ):
-        self.estimator = make_estimator(estimator, **estimator_options)
+        self.estimator = make_estimator(estimator, **{**(estimator_options or {}), **options})
         if self.estimator.multi_sample:
             if num_particles < 2:
                 raise ValueError(
@@ -100,11 +116,18 @@ class DiscreteELBO(ELBO):
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
+            max_iarange_nesting=max_iarange_nesting,
             vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+            jit_options=jit_options,
+            retain_graph=retain_graph,
+            tail_adaptive_beta=tail_adaptive_beta,
         )
         self.cache_dependencies = cache_dependencies
+        self.check_finite = check_finite
         self._site_estimators: dict[tuple, SiteEstimator] = {}
-        self._dependency_cache: dict[tuple, dict] = {}
+        self._structures: dict[tuple, StructureInfo] = {}
 
     # -- estimator per site -------------------------------------------------------------
 
@@ -115,10 +138,11 @@ class DiscreteELBO(ELBO):
         if name is None and not options:
             return self.estimator
         name = name or self.estimator.name
-        key = (name, tuple(sorted((k, id(v)) for k, v in options.items())))
+        # keyed by value, so an option rebuilt every step (a fresh float) finds its estimator
+        key = (msg["name"], name, tuple(sorted((k, _option_key(v)) for k, v in options.items())))
         estimator = self._site_estimators.get(key)
         if estimator is None:
-            estimator = make_estimator(name, **options)
+            estimator = make_estimator(name, site=msg["name"], **options)
             self._site_estimators[key] = estimator
         return estimator
 
@@ -127,6 +151,12 @@ class DiscreteELBO(ELBO):
         yield from self._site_estimators.values()
 
     # -- the base pass --------------------------------------------------------------------
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # Pyro's guess runs the model and guide: keep it from drawing on the global random
+        # stream, so that a run resumed in a fresh process draws what an uninterrupted one does
+        with _preserved_rng():
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
     def _wrap(self, model, guide, args, kwargs) -> tuple[Callable, Callable]:
         """Model and guide inside the vectorised particle plate, when there is one."""
@@ -140,73 +170,30 @@ class DiscreteELBO(ELBO):
         # one ELBO object may serve several models whose sites share names and shapes
         identity = (id(model), id(guide))
         model, guide = self._wrap(model, guide, args, kwargs)
-        records: dict[str, DiscreteSite] = {}
-        # Relaxed passes re-use the base noise of every site after the relaxed one, so
-        # from the first site whose estimator needs noise on, every site draws through it.
-        noise_from_here = [False]
-
-        def choose(msg):
-            fn = msg["fn"]
-            if isinstance(fn, _Subsample) or getattr(fn, "has_rsample", False):
-                return None
-            name = msg["name"]
-            if msg["infer"].get("enumerate"):
-                raise SiteError(
-                    f"guide site '{name}' is marked infer={{'enumerate': ...}}; DiscreteELBO "
-                    "samples discrete sites: remove the flag, or use TraceEnum_ELBO to "
-                    "enumerate it"
-                )
-            estimator = self._estimator_for(msg)
-            leaf = describe(fn)
-            estimator.check_site(name, leaf.kind, leaf.name)
-            estimator.check_baseline_options(name, msg["infer"].get("baseline", {}))
-            site = DiscreteSite(name, estimator, leaf.kind, fn, None, -1, ())
-            records[name] = site
-            if not is_relaxable(leaf.kind):
-                site.logits = leaf.logits  # index categoricals: NVIL's baseline input
-                return None
-            site.logits = site_logits(fn, leaf)
-            noise_from_here[0] = noise_from_here[0] or estimator.needs_noise
-            if not noise_from_here[0]:
-                return None  # Pyro's own sampler: cheaper when no noise is re-used
-            site.noise = F.uniform_like(site.logits)
-            site.z = site.sample_z(site.logits, site.noise)
-            site.hard = site.threshold(site.z).detach()
-            return estimator.base_value(site)
-
-        with _GuidePolicy(choose):
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
+        model_trace, guide_trace, recorded = base_pass(
+            model, guide, args, kwargs, self._estimator_for
         )
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-        subsamples = {
-            name: node["value"]
-            for name, node in guide_trace.nodes.items()
-            if node["type"] == "sample" and isinstance(node["fn"], _Subsample)
-        }
-        order = {name: i for i, name in enumerate(guide_trace.nodes)}
-        sites = {}
-        for name, site in records.items():
-            node = guide_trace.nodes[name]
-            site.value = node["value"]
-            site.order = order[name]
-            site.frames = _vectorized_frames(node)
-            if site.hard is None:
-                site.hard = site.value
-            sites[name] = site
-
         key = (identity, structure_key(model_trace, guide_trace))
-        deps = self._dependency_cache.get(key) if self.cache_dependencies else None
-        if deps is None:
-            deps = dependency_map(model, guide, args, kwargs, guide_trace, frozenset(sites))
+        structure = self._structures.get(key) if self.cache_dependencies else None
+        if structure is None:
+            self._validate(model_trace, guide_trace)
+            names = frozenset(recorded.sites)
+            deps = dependency_map(model, guide, args, kwargs, guide_trace, names)
+            structure = StructureInfo(deps)
+            _warn_unused_sites(names, deps)
             if self.cache_dependencies:
-                self._dependency_cache[key] = deps
-
+                self._structures[key] = structure
         particle_frame = None
         if self.vectorize_particles and self.num_particles > 1:
             particle_frame = (PARTICLE_PLATE, -int(self.max_plate_nesting))
+        sites = recorded.sites
+        for site in sites.values():
+            if site.estimator.multi_sample and particle_frame is None:
+                raise SiteError(
+                    f"site '{site.name}' uses estimator '{site.estimator.name}', which "
+                    "needs several particles: set DiscreteELBO(num_particles=K >= 2, "
+                    "vectorize_particles=True)"
+                )
         return Evaluation(
             model=model,
             guide=guide,
@@ -221,86 +208,68 @@ class DiscreteELBO(ELBO):
                 guide_trace,
                 relaxed=any(site.estimator.pathwise for site in sites.values()),
             ),
-            deps=deps,
-            orders=order,
+            structure=structure,
+            orders=recorded.orders,
             particle_frame=particle_frame,
-            subsamples=subsamples,
+            num_particles=self.num_particles if particle_frame else 1,
+            subsamples=recorded.subsamples,
         )
+
+    def _validate(self, model_trace, guide_trace) -> None:
+        """Pyro's checks (when validation is on), once per trace structure."""
+        if not is_validation_enabled():
+            return
+        check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        for trace in (model_trace, guide_trace):
+            for site in poutine.util.prune_subsample_sites(trace).nodes.values():
+                if site["type"] == "sample":
+                    # the log-density's shape, without scoring relaxed values
+                    fn, value = site["fn"], site["value"]
+                    batch = value.shape[: value.dim() - len(fn.event_shape)]
+                    shape = torch.broadcast_shapes(fn.batch_shape, batch)
+                    check_site_shape(
+                        {**site, "log_prob": torch.zeros(shape)}, self.max_plate_nesting
+                    )
 
     # -- assembling one step --------------------------------------------------------------
 
-    def _particle_step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
-        """One (possibly vectorised) evaluation: ``(elbo, surrogate loss)``."""
+    def _particle_step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
+        """One (possibly vectorised) evaluation: ``(elbo, loss, running-statistic updates)``;
+        the ELBO and loss are checked to be finite."""
         ev = self._evaluate(model, guide, args, kwargs)
-        terms = StepTerms()
-        estimators = {type(site.estimator) for site in ev.sites.values()}
-        # particle-summed costs are averaged; VIMCO's bound already averages inside the log
-        scale = self.num_particles if ev.particle_frame is not None else 1
-        if VIMCO in estimators:
-            elbo, surrogate = self._vimco(ev)
-            scale = 1
+        model_level = [s.estimator for s in ev.sites.values() if s.estimator.model_level]
+        if model_level:
+            elbo, terms = model_level[0].model_terms(ev)
+            loss = terms.loss()
         else:
+            terms = Terms(surrogate=ev.pathwise_surrogate())
             for site in ev.sites.values():
-                if site.estimator.multi_sample and ev.particle_frame is None:
-                    raise SiteError(
-                        f"site '{site.name}' uses estimator '{site.estimator.name}', which "
-                        "needs several particles: set DiscreteELBO(num_particles=K >= 2, "
-                        "vectorize_particles=True)"
-                    )
-            elbo = sum(c.value.sum() for c in ev.costs).detach()
-            surrogate = 0.0
-            for cost in ev.costs:
-                site = ev.sites.get(cost.key[1]) if cost.key[0] == GUIDE else None
-                if site is None or site.estimator.pathwise:
-                    surrogate = surrogate + cost.value.sum()
-            for site in ev.sites.values():
-                surrogate = surrogate + site.estimator.surrogate(ev, site, terms)
-        loss = -surrogate + terms.fit_loss
-        for variance, params in terms.variance:
-            grads = torch.autograd.grad(variance, params, retain_graph=True, allow_unused=True)
-            for g, p in zip(grads, params, strict=True):
-                if g is not None:
-                    loss = loss + (g.detach() * p).sum()
-        return elbo / scale, loss / scale
+                if site.has_parameters:
+                    terms += site.estimator.site_terms(ev, site)
+            # particle-summed costs are averaged
+            elbo, loss = ev.elbo() / ev.num_particles, terms.loss() / ev.num_particles
+        if not torch.is_tensor(loss):
+            loss = elbo.new_tensor(float(loss))
+        if self.check_finite:
+            _check_finite(ev, elbo, loss)
+        return elbo, loss, terms.updates
 
-    def _vimco(self, ev: Evaluation) -> tuple[Tensor, Tensor]:
-        for site in ev.sites.values():
-            if not isinstance(site.estimator, VIMCO):
-                raise SiteError(
-                    "estimator 'vimco' optimises the multi-sample bound of the whole model, "
-                    f"so every discrete guide site must use it; site '{site.name}' uses "
-                    f"'{site.estimator.name}'"
-                )
-        common = None
-        for cost in ev.costs:
-            frames = set(cost.frames)
-            common = frames if common is None else common & frames
-        common = common or set()
-        particle = ev.particle_frame
-        if particle not in common:
-            common.add(particle)
-        # Reduce to the plates every cost shares (per-datum bounds when all latents are
-        # local), as a pseudo-site whose batch shape spans the particle dim.
-        ndim = -min(d for _, d in common)
-        pseudo = DiscreteSite("", None, "", _ShapeOnly(ndim), None, -1, tuple(common))
-        log_w = sum(reduce_to_site(c.value, c.frames, pseudo) for c in ev.costs)
-        log_q = torch.zeros_like(log_w)
-        for site in ev.sites.values():
-            log_q = log_q + reduce_to_site(ev.score(site), site.frames, pseudo)
-        surrogate, bound = vimco_surrogate(log_w, log_q, particle[1])
-        return bound.sum().detach(), surrogate
-
-    def _step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
+    def _step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
         if self.vectorize_particles:
-            elbo, loss = self._particle_step(model, guide, args, kwargs)
-        else:
-            elbo, loss = 0.0, 0.0
-            for _ in range(self.num_particles):
-                e, l_ = self._particle_step(model, guide, args, kwargs)
-                elbo, loss = elbo + e / self.num_particles, loss + l_ / self.num_particles
+            return self._particle_step(model, guide, args, kwargs)
+        elbo, loss, updates = 0.0, 0.0, []
+        for _ in range(self.num_particles):
+            e, l_, u = self._particle_step(model, guide, args, kwargs)
+            elbo, loss = elbo + e / self.num_particles, loss + l_ / self.num_particles
+            updates += u
+        return elbo, loss, updates
+
+    def _accept(self, updates: list) -> None:
+        """Write the step's running statistics and advance the estimators' schedules."""
+        for name, value in updates:
+            cv.set_running_statistic(name, value)
         for estimator in self._estimators():
             estimator.end_step()
-        return elbo, loss
 
     # -- the ELBO interface -----------------------------------------------------------------
 
@@ -313,53 +282,123 @@ class DiscreteELBO(ELBO):
         """A loss whose value is minus the ELBO estimate (minus the bound for VIMCO) and
         whose gradient is the chosen estimator's; usable with ``elbo(model, guide)``
         (:class:`pyro.infer.elbo.ELBOModule`) and any torch optimizer."""
-        elbo, loss = self._step(model, guide, args, kwargs)
+        elbo, loss, updates = self._step(model, guide, args, kwargs)
+        self._accept(updates)
         return -elbo + (loss - loss.detach())
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Back-propagate the estimator's gradient; return minus the ELBO estimate."""
-        elbo, loss = self._step(model, guide, args, kwargs)
+        """Back-propagate the estimator's gradient; return minus the ELBO estimate.
+
+        A non-finite gradient raises :class:`NonFiniteLossError` naming the parameters,
+        with their gradients cleared, so that :class:`pyro.infer.SVI` updates nothing.
+        """
+        elbo, loss, updates = self._step(model, guide, args, kwargs)
         if loss.requires_grad:
             loss.backward()
-        value = -float(elbo)
-        _warn_if_nan(value)
-        return value
+            if self.check_finite:
+                _check_finite_grads()
+        self._accept(updates)
+        return -float(elbo)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """Minus the ELBO (or, for VIMCO, the K-sample bound) from hard samples, no grads."""
         with torch.no_grad():
-            if isinstance(self.estimator, VIMCO):
-                elbo, _ = self._particle_step(model, guide, args, kwargs)
+            if self.estimator.model_level:
+                elbo, _, _ = self._particle_step(model, guide, args, kwargs)
                 return -float(elbo)
             total = 0.0
             runs = 1 if self.vectorize_particles else self.num_particles
             model, guide = self._wrap(model, guide, args, kwargs)
             for _ in range(runs):
                 with poutine.block():
-                    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-                    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                        *args, **kwargs
-                    )
+                    model_trace, guide_trace = replay_guide_then_model(model, guide, args, kwargs)
                 costs = cost_terms(model_trace, guide_trace)
                 total += float(sum(c.value.sum() for c in costs))
             value = -total / self.num_particles
-            _warn_if_nan(value)
+            if self.check_finite and not _finite(value):
+                warnings.warn(
+                    f"DiscreteELBO: the loss is {value}; check the model's log-densities "
+                    "(a probability of exactly 0 or 1, or logits that overflow)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return value
 
 
-class _ShapeOnly:
-    """Stands in for a distribution where only a batch rank is needed."""
+def _option_key(value):
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value if not torch.is_tensor(value) else ("id", id(value))
 
-    def __init__(self, ndim: int):
-        self.batch_shape = torch.Size((1,) * ndim)
-        self.event_shape = torch.Size()
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
 
 
-def _warn_if_nan(value: float) -> None:
-    if value != value:
+def _check_finite(ev: Evaluation, elbo: Tensor, loss: Tensor) -> None:
+    if bool(torch.isfinite(elbo).all()) and bool(torch.isfinite(loss.detach()).all()):
+        return
+    culprits = ev.non_finite_costs()
+    where = (
+        "non-finite log-density at " + ", ".join(culprits)
+        if culprits
+        else "the estimator's loss is not finite although every cost term is (a relaxed or "
+        "antithetic evaluation of the model gave a non-finite log-density)"
+    )
+    raise NonFiniteLossError(
+        f"DiscreteELBO: step refused, nothing was updated: {where}. Check the model's "
+        "log-densities (a probability of exactly 0 or 1, log(0), logits that overflow) and "
+        "the data (NaN or inf in observations)"
+    )
+
+
+def _check_finite_grads() -> None:
+    """Refuse non-finite gradients of the param store's tensors, clearing every gradient
+    so that the optimizer cannot apply them."""
+    store = pyro.get_param_store()
+    bad = [
+        name
+        for name, p in store.named_parameters()
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+    ]
+    if not bad:
+        return
+    for _, p in store.named_parameters():
+        p.grad = None
+    raise NonFiniteLossError(
+        f"DiscreteELBO: step refused, nothing was updated: the gradient of {', '.join(bad)} "
+        "is not finite (a log-density whose derivative overflows, e.g. log of a probability "
+        "that reaches 0 or 1; check the model and the learning rate)"
+    )
+
+
+@contextlib.contextmanager
+def _preserved_rng():
+    """Run a block without consuming the global random streams (CPU and current CUDA)."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
+def _warn_unused_sites(names: frozenset, deps: dict) -> None:
+    """Warn about discrete sites that no other cost term depends on: their value is either
+    unused or used through Python control flow, which provenance tracking cannot see."""
+    used = set()
+    for (_, cost_site), depends_on in deps.items():
+        used |= {name for name in depends_on if name != cost_site}
+    for name in sorted(names - used):
         warnings.warn(
-            "DiscreteELBO: the loss is NaN; check the model's log-densities (a probability "
-            "of exactly 0 or 1, or logits that overflow) and the learning rate",
+            f"DiscreteELBO: no cost term other than its own depends on discrete site '{name}'. "
+            "If the model branches on its value in Python (e.g. `if z.item() == 1:`), that "
+            "dependence is invisible to the estimator and the site's gradient is zero: "
+            "write it as tensor arithmetic (torch.where, one-hot products)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

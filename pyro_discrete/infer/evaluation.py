@@ -1,103 +1,68 @@
 """The Pyro plumbing shared by every estimator, written once.
 
-One :class:`Evaluation` holds a guide trace and the model trace replayed against it (the
-*base pass*, with hard discrete samples), the ELBO's cost terms, which discrete sites each
-cost depends on (provenance tracking, cached per trace structure), and the means to run
-the guide and model again with some discrete values replaced: kept fixed up to a site,
-forced to an antithetic value, relaxed, conditionally relaxed, or set to their means.
+:func:`base_pass` runs the guide (each discrete site's value chosen by its estimator) and
+the model replayed against it. An :class:`Evaluation` holds those traces, the ELBO's cost
+terms, which discrete sites each cost depends on (:mod:`~pyro_discrete.infer.dependencies`,
+cached per trace structure), and the means to run the guide and model again with some
+discrete values replaced: kept fixed up to a site, forced to an antithetic value, relaxed,
+conditionally relaxed, or set to their means.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro.poutine as poutine
+import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.ops.provenance import extract_provenance, get_provenance, track_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
-from pyro_discrete.distributions import functional as F
-from pyro_discrete.infer.sites import BERNOULLI, ONE_HOT, describe, log_prob, site_logits
+from pyro_discrete.infer.dependencies import (
+    GUIDE,
+    MODEL,
+    CostKey,
+    dependency_map,
+    is_subsample,
+)
+from pyro_discrete.infer.sites import (
+    DiscreteSite,
+    SiteError,
+    describe,
+    is_relaxable,
+    log_prob,
+    site_logits,
+)
 
-MODEL = "model"
-GUIDE = "guide"
-
-
-@dataclass
-class DiscreteSite:
-    """A non-reparameterised guide sample site and what the base pass drew there."""
-
-    name: str
-    estimator: object
-    kind: str
-    fn: object
-    value: Tensor
-    order: int
-    frames: tuple
-    logits: Tensor | None = None
-    noise: Tensor | None = None
-    z: Tensor | None = None
-    hard: Tensor | None = None
-
-    @property
-    def batch_ndim(self) -> int:
-        return len(self.fn.batch_shape)
-
-    @property
-    def event_ndim(self) -> int:
-        return len(self.fn.event_shape)
-
-    @property
-    def one_hot(self) -> bool:
-        return self.kind == ONE_HOT
-
-    def to_event_shape(self, signal: Tensor) -> Tensor:
-        """Append singleton dims so a batch-shaped signal broadcasts against the value."""
-        return signal.reshape(signal.shape + (1,) * self.event_ndim)
-
-    def threshold(self, z: Tensor) -> Tensor:
-        return F.onehot_argmax(z) if self.one_hot else F.heaviside(z)
-
-    def sample_z(self, logits: Tensor, noise: Tensor) -> Tensor:
-        return F.gumbel_sample(logits, noise) if self.one_hot else F.logistic_sample(logits, noise)
-
-    def relax(self, z: Tensor, temperature) -> Tensor:
-        if self.one_hot:
-            return F.relax_categorical(z, temperature)
-        return F.relax_bernoulli(z, temperature)
-
-    def conditional_z(self, logits: Tensor, reuse_noise: bool = True) -> Tensor:
-        """:math:`\\tilde z \\sim p(z \\mid b)`, re-using the base noise when asked."""
-        if self.one_hot:
-            recover, sample = F.gumbel_conditional_noise, F.gumbel_conditional_sample
-        else:
-            recover, sample = F.logistic_conditional_noise, F.logistic_conditional_sample
-        noise = recover(self.logits, self.z, self.hard) if reuse_noise else F.uniform_like(logits)
-        return sample(logits, self.hard, noise)
-
-    def mean(self, logits: Tensor) -> Tensor:
-        return logits.softmax(-1) if self.one_hot else logits.sigmoid()
+__all__ = [
+    "GUIDE",
+    "MODEL",
+    "Cost",
+    "DiscreteSite",
+    "Evaluation",
+    "StructureInfo",
+    "base_pass",
+    "cost_terms",
+    "reduce_to_frames",
+    "reduce_to_site",
+]
 
 
 @dataclass
 class Cost:
     """One term of the ELBO: a (scaled, masked) log-density, negated for guide sites."""
 
-    key: tuple[str, str]
+    key: CostKey
     frames: tuple
     value: Tensor
 
 
-def _vectorized_frames(site) -> tuple:
+def vectorized_frames(site) -> tuple:
     return tuple((f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized)
-
-
-def _is_subsample(site) -> bool:
-    return isinstance(site["fn"], _Subsample)
 
 
 def cost_terms(model_trace: Trace, guide_trace: Trace, relaxed: bool = False) -> list[Cost]:
@@ -105,30 +70,33 @@ def cost_terms(model_trace: Trace, guide_trace: Trace, relaxed: bool = False) ->
     terms = []
     for role, trace, sign in ((MODEL, model_trace, 1.0), (GUIDE, guide_trace, -1.0)):
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or _is_subsample(site):
+            if site["type"] != "sample" or is_subsample(site):
                 continue
             lp = log_prob(site["fn"], site["value"], relaxed=relaxed and not site["is_observed"])
             lp = scale_and_mask(lp, site["scale"], site["mask"])
-            terms.append(Cost((role, name), _vectorized_frames(site), sign * lp))
+            terms.append(Cost((role, name), vectorized_frames(site), sign * lp))
     return terms
 
 
-def reduce_to_site(value: Tensor, frames: tuple, site: DiscreteSite) -> Tensor:
-    """Sum a cost over every dim except the vectorised plates it shares with ``site``.
-
-    The result broadcasts against the site's batch shape: a datum's latent sees its own
-    datum's costs (Rao-Blackwellisation across plate elements), a global latent sees all.
-    """
-    shared = {dim for name, dim in frames if (name, dim) in site.frames}
+def reduce_to_frames(value: Tensor, frames: tuple, keep: tuple, ndim: int) -> Tensor:
+    """Sum a cost over every dim except the vectorised plates in ``keep`` it lies in, and
+    shape the result to broadcast against a batch of rank ``ndim``."""
+    shared = {dim for name, dim in frames if (name, dim) in keep}
     dims = [d for d in range(-value.dim(), 0) if d not in shared]
     if dims:
         value = value.sum(dims, keepdim=True)
-    ndim = site.batch_ndim
     if value.dim() > ndim:
         value = value.reshape(value.shape[value.dim() - ndim :])
     elif value.dim() < ndim:
         value = value.reshape((1,) * (ndim - value.dim()) + value.shape)
     return value
+
+
+def reduce_to_site(value: Tensor, frames: tuple, site: DiscreteSite) -> Tensor:
+    """A cost reduced to the plates it shares with ``site``, broadcasting against its batch
+    shape: a datum's latent sees its own datum's costs (Rao-Blackwellisation across plate
+    elements), a global latent sees all."""
+    return reduce_to_frames(value, frames, site.frames, site.batch_ndim)
 
 
 class _GuidePolicy(Messenger):
@@ -146,70 +114,84 @@ class _GuidePolicy(Messenger):
             msg["value"] = value
 
 
-class _TrackDiscrete(Messenger):
-    """Tags sample values with the discrete sites they descend from.
+class _BasePass(_GuidePolicy):
+    """Records every discrete guide site and lets its estimator choose its value.
 
-    A value inherits the provenance of its distribution's parameters (a layer sampled
-    given an upstream discrete value depends on it even though sampling is no torch op
-    on it), and a discrete site adds its own name.
+    Relaxed passes re-use the base noise of every site after the relaxed one, so from the
+    first site whose estimator needs noise on, every relaxable site draws through it;
+    before that, Pyro's own sampler is cheaper.
     """
 
-    def __init__(self, names: frozenset):
-        super().__init__()
-        self.names = names
+    def __init__(self, estimator_for: Callable):
+        super().__init__(self._choose)
+        self.estimator_for = estimator_for
+        self.sites: dict[str, DiscreteSite] = {}
+        self.orders: dict[str, int] = {}
+        self.subsamples: dict[str, Tensor] = {}
+        self.with_noise = False
+
+    def _choose(self, msg):
+        fn, name = msg["fn"], msg["name"]
+        self.orders[name] = len(self.orders)
+        if isinstance(fn, _Subsample) or getattr(fn, "has_rsample", False):
+            return None
+        if msg["infer"].get("enumerate"):
+            raise SiteError(
+                f"guide site '{name}' is marked infer={{'enumerate': ...}}; DiscreteELBO "
+                "samples discrete sites: remove the flag, or use TraceEnum_ELBO to "
+                "enumerate it"
+            )
+        estimator = self.estimator_for(msg)
+        leaf = describe(fn)
+        estimator.check_site(name, leaf.kind, leaf.name)
+        estimator.check_baseline_options(name, msg["infer"].get("baseline", {}))
+        site = DiscreteSite(name, estimator, leaf.kind, fn, leaf, self.orders[name])
+        self.sites[name] = site
+        if not is_relaxable(leaf.kind):
+            site.logits = leaf.logits  # index categoricals: NVIL's baseline input
+            return None
+        site.logits = site_logits(fn, leaf)
+        self.with_noise = self.with_noise or estimator.needs_noise
+        if not self.with_noise:
+            return None
+        site.draw()
+        return estimator.base_value(site)
 
     def _pyro_post_sample(self, msg):
-        if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+        if msg["is_observed"]:
             return
-        value, provenance = extract_provenance(msg["value"])
-        provenance = provenance | get_provenance(log_prob(msg["fn"], value, relaxed=True))
-        if msg["name"] in self.names:
-            provenance = provenance | {msg["name"]}
-        msg["value"] = track_provenance(value, frozenset(provenance))
+        if isinstance(msg["fn"], _Subsample):
+            self.subsamples[msg["name"]] = msg["value"]
+            return
+        site = self.sites.get(msg["name"])
+        if site is not None:
+            site.value = msg["value"]
+            site.frames = vectorized_frames(msg)
+            if site.hard is None:
+                site.hard = site.value
 
 
-def structure_key(model_trace: Trace, guide_trace: Trace) -> tuple:
-    """What must not change for a cached dependency map to stay valid."""
-    key = []
-    for trace in (guide_trace, model_trace):
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample":
-                key.append(
-                    (
-                        name,
-                        site["is_observed"],
-                        tuple(site["value"].shape),
-                        tuple(f.name for f in site["cond_indep_stack"]),
-                    )
-                )
-        key.append("|")
-    return tuple(key)
+def base_pass(
+    model, guide, args, kwargs, estimator_for: Callable
+) -> tuple[Trace, Trace, _BasePass]:
+    """The guide with each discrete site's value chosen by ``estimator_for(msg)``, and the
+    model replayed against it."""
+    recorder = _BasePass(estimator_for)
+    with recorder:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace, recorder
 
 
-def dependency_map(
-    model, guide, args, kwargs, guide_trace: Trace, names: frozenset
-) -> dict[tuple[str, str], frozenset]:
-    """For each cost term, the discrete sites whose values it depends on.
+@dataclass
+class StructureInfo:
+    """What is found once per trace structure and reused by later steps."""
 
-    Replays the guide at the base values with the discrete values tagged, then the model,
-    and reads the provenance of every log-density (Wingate et al. 2011, as Pyro's
-    ``TraceGraph_ELBO`` does).
-    """
-    with poutine.block(), _TrackDiscrete(names):
-        tracked_guide = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        tracked_model = poutine.trace(poutine.replay(model, trace=tracked_guide)).get_trace(
-            *args, **kwargs
-        )
-    deps = {}
-    for role, trace in ((MODEL, tracked_model), (GUIDE, tracked_guide)):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or _is_subsample(site):
-                continue
-            lp = log_prob(site["fn"], site["value"], relaxed=not site["is_observed"])
-            deps[(role, name)] = get_provenance(lp) & names
-    return deps
+    deps: dict[CostKey, frozenset]
+    direct: dict[CostKey, frozenset] | None = None
+    #: sites whose relaxed value was checked to reach the costs that depend on it
+    checked: set[str] = field(default_factory=set)
+    warned: bool = False
 
 
 @dataclass
@@ -224,11 +206,42 @@ class Evaluation:
     guide_trace: Trace
     sites: dict[str, DiscreteSite]
     costs: list[Cost]
-    deps: dict[tuple[str, str], frozenset]
+    structure: StructureInfo
     orders: dict[str, int]
     particle_frame: tuple | None = None
+    num_particles: int = 1
     subsamples: dict[str, Tensor] = field(default_factory=dict)
     _mean_field: tuple | None = field(default=None, repr=False)
+
+    @property
+    def deps(self) -> dict[CostKey, frozenset]:
+        return self.structure.deps
+
+    # -- the ELBO and its pathwise part -----------------------------------------------
+
+    def elbo(self) -> Tensor:
+        """The ELBO estimate of the base pass (summed over particles), detached."""
+        if not self.costs:
+            return torch.zeros(())
+        return sum(c.value.sum() for c in self.costs).detach()
+
+    def pathwise_surrogate(self) -> Tensor | float:
+        """The cost terms differentiated directly: every model term and every guide term
+        except those of score-function sites (whose gradient their estimator gives)."""
+        total: Tensor | float = 0.0
+        for cost in self.costs:
+            site = self.sites.get(cost.key[1]) if cost.key[0] == GUIDE else None
+            if site is None or site.estimator.pathwise:
+                total = total + cost.value.sum()
+        return total
+
+    def non_finite_costs(self) -> list[str]:
+        """``"model site 'x'"``-style names of the base pass's non-finite cost terms."""
+        return [
+            f"{role} site '{name}'"
+            for (role, name), value in ((c.key, c.value) for c in self.costs)
+            if not bool(torch.isfinite(value.detach()).all())
+        ]
 
     # -- learning signals -------------------------------------------------------------
 
@@ -249,8 +262,80 @@ class Evaluation:
 
     def particle_dim(self, site: DiscreteSite) -> int:
         if self.particle_frame is None:
-            raise ValueError("multi-sample estimators need num_particles >= 2")
+            raise SiteError(
+                f"site '{site.name}' uses estimator '{site.estimator.name}', which needs "
+                "several particles: set DiscreteELBO(num_particles=K >= 2, "
+                "vectorize_particles=True)"
+            )
         return self.particle_frame[1]
+
+    def scale(self, site: DiscreteSite) -> float | Tensor:
+        """The site's ``poutine.scale`` factor (subsampling, annealing)."""
+        return self.guide_trace.nodes[site.name]["scale"]
+
+    # -- checks -----------------------------------------------------------------------
+
+    def check_relaxed_value_reaches_costs(
+        self, site: DiscreteSite, value: Tensor, costs: list[Cost]
+    ) -> None:
+        """Refuse a model that uses a relaxed site's value without a gradient path.
+
+        ``costs`` were computed with ``value`` at the site. Every model term (and every
+        other latent's term) into which the site's value enters directly must be
+        differentiable in it: indexing with the sample (``table[z.argmax(-1)]``,
+        ``e[z.long()]``) or thresholding it (``(z > 0.5).float()``) passes the hard value
+        along with no gradient, and a relaxation estimator would then be silently biased.
+        Checked once per trace structure and site.
+        """
+        if site.name in self.structure.checked or not value.requires_grad:
+            return
+        self.structure.checked.add(site.name)
+        direct = self.direct_deps()
+        for cost in costs:
+            if cost.key[1] == site.name or site.name not in direct.get(cost.key, ()):
+                continue
+            grad = None
+            if cost.value.requires_grad:
+                (grad,) = torch.autograd.grad(
+                    cost.value.sum(), value, retain_graph=True, allow_unused=True
+                )
+            role, name = cost.key
+            if grad is None:
+                raise SiteError(
+                    f"{role} site '{name}' depends on the value of guide site '{site.name}' "
+                    f"({type(site.fn).__name__}) without a gradient path to it (indexing with "
+                    "the sample, .long(), argmax or a comparison), so estimator "
+                    f"'{site.estimator.name}', which differentiates the model through a "
+                    "relaxed value, would be biased: write the dependence as arithmetic on "
+                    "the value (one-hot `z @ table`, `2 * z - 1`, `torch.where`), or give "
+                    f"'{site.name}' a score-function estimator with "
+                    "infer={'estimator': 'rloo'} (or 'reinforce', 'nvil')"
+                )
+            # A guide term of a reparameterised site can legitimately have zero gradient
+            # (its value moves with its location); a model term cannot be told apart from
+            # a model that rounds the value, so it is only warned about.
+            if role == MODEL and not bool(grad.ne(0).any()):
+                warnings.warn(
+                    f"{role} site '{name}' depends on guide site '{site.name}' but its "
+                    f"gradient in the relaxed value is exactly zero (e.g. torch.round): "
+                    f"estimator '{site.estimator.name}' gives '{site.name}' no learning "
+                    "signal from it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    def direct_deps(self) -> dict[CostKey, frozenset]:
+        if self.structure.direct is None:
+            self.structure.direct = dependency_map(
+                self.model,
+                self.guide,
+                self.args,
+                self.kwargs,
+                self.guide_trace,
+                frozenset(self.sites),
+                inherit=False,
+            )
+        return self.structure.direct
 
     # -- extra passes -----------------------------------------------------------------
 
@@ -276,7 +361,7 @@ class Evaluation:
         def choose(msg):
             name = msg["name"]
             if isinstance(msg["fn"], _Subsample):
-                return self._subsample_value(name)
+                return self.subsamples.get(name)
             if name == site.name:
                 return at_site(msg)
             i = self.orders.get(name)
@@ -286,19 +371,17 @@ class Evaluation:
 
         return choose
 
-    def _subsample_value(self, name: str) -> Tensor | None:
-        return self.subsamples.get(name)
-
-    def relaxed_later(self, temperature_of: Callable) -> Callable:
-        """Policy for sites after the relaxed one: relax every Bernoulli / one-hot site
-        with its own base-pass noise and the current (relaxed-input) logits."""
+    def relaxed_later(self, temperature: Tensor | float) -> Callable:
+        """Policy for sites after a relaxed one: each Bernoulli / one-hot site is relaxed
+        with its own base-pass noise at its current (relaxed-input) logits and the
+        temperature its estimator relaxes it at (``temperature`` if it has none)."""
 
         def after(msg):
             later = self.sites.get(msg["name"])
             if later is None or later.noise is None:
                 return None
-            logits = site_logits(msg["fn"], describe(msg["fn"]))
-            return later.relax(later.sample_z(logits, later.noise), temperature_of(later))
+            own = later.estimator.relaxation_temperature(later)
+            return later.relaxed(temperature if own is None else own, site_logits(msg["fn"]))
 
         return after
 
@@ -310,13 +393,12 @@ class Evaluation:
 
             def choose(msg):
                 if isinstance(msg["fn"], _Subsample):
-                    return self._subsample_value(msg["name"])
+                    return self.subsamples.get(msg["name"])
                 site = self.sites.get(msg["name"])
-                if site is None or site.kind not in (BERNOULLI, ONE_HOT):
+                if site is None or not is_relaxable(site.kind):
                     # Fresh draws keep the expansion point independent of every b.
                     return None
-                logits = site_logits(msg["fn"], describe(msg["fn"]))
-                mean = site.mean(logits)
+                mean = site.mean(site_logits(msg["fn"]))
                 means[msg["name"]] = mean
                 return mean
 
