@@ -19,6 +19,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from pyro_discrete.infer.control_variates import PREFIX as CONTROL_VARIATE_PREFIX
+
 __all__ = [
     "BiasTest",
     "GradientStatistics",
@@ -28,8 +30,6 @@ __all__ = [
     "gradient_variance",
     "guide_param_names",
 ]
-
-CONTROL_VARIATE_PREFIX = "pyro_discrete/"
 
 
 class ParamStoreSnapshot:

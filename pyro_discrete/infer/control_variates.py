@@ -15,6 +15,7 @@ minibatch-sized shape, so the batch size may change between steps.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -36,7 +37,11 @@ def control_variate_state() -> dict[str, Tensor]:
     {}
     """
     store = pyro.get_param_store()
-    return {k: store[k].detach().clone() for k in store.keys() if k.startswith(PREFIX)}
+    return {
+        k.replace("$$$", "."): store[k].detach().clone()
+        for k in store.keys()
+        if k.startswith(PREFIX)
+    }
 
 
 #: param-store names of every running statistic read so far in this process
@@ -85,17 +90,6 @@ def trained_scalar(name: str, like: Tensor, init: float) -> Tensor:
     return pyro.param(name, lambda: torch.tensor(init, dtype=like.dtype, device=like.device))
 
 
-def mlp(in_features: int, hidden: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
-    """A small MLP with a scalar output (baselines and RELAX surrogates)."""
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), activation()]
-        width = h
-    layers.append(nn.Linear(width, 1))
-    return nn.Sequential(*layers)
-
-
 def registered_module(
     name: str, build: Callable[[], nn.Module], like: Tensor, cache: dict[str, nn.Module]
 ) -> nn.Module:
@@ -117,7 +111,12 @@ def registered_module(
         ):
             module = None
     if module is None:
-        module = build().to(dtype=like.dtype, device=like.device)
+        # Seeded by the name, off the global random stream: a network rebuilt in a fresh
+        # process (then loaded from the store) leaves the stream where a straight run has it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(name.encode()))
+            module = build()
+        module = module.to(dtype=like.dtype, device=like.device)
         cache[name] = module
     return pyro.module(name, module, update_module_params=True)
 

@@ -51,9 +51,7 @@ class UnknownModelError(KeyError, ValueError):
 
 class _Registry(dict):
     def __missing__(self, name: str):
-        raise UnknownModelError(
-            f"unknown model {name!r}; valid names: {', '.join(sorted(self))}"
-        )
+        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(sorted(self))}")
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = _Registry(

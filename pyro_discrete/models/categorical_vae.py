@@ -23,7 +23,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ._nets import mlp, output_bias_from_mean
+from pyro_discrete.nn import mlp, output_bias_from_mean, pixel_means
 
 __all__ = ["CategoricalVAE", "categorical_vae"]
 
@@ -65,11 +65,7 @@ class CategoricalVAE(nn.Module):
         super().__init__()
         self.x_dim, self.num_latents, self.num_classes = x_dim, num_latents, num_classes
         self.name = name
-        if x_mean is None:
-            x_mean = torch.full((x_dim,), 0.5)
-        if x_mean.shape != (x_dim,):
-            raise ValueError(f"x_mean must have shape ({x_dim},), got {tuple(x_mean.shape)}")
-        self.register_buffer("x_mean", x_mean.detach().clone().float())
+        self.register_buffer("x_mean", pixel_means(x_mean, x_dim))
         latent_size = num_latents * num_classes
         self.encoder = mlp(x_dim, tuple(hidden), latent_size, activation=nn.ReLU)
         self.decoder = CategoricalDecoder(

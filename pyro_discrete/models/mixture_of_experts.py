@@ -32,7 +32,7 @@ import torch
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from ._nets import mlp
+from pyro_discrete.nn import mlp
 
 __all__ = [
     "EnumeratedMixtureOfExperts",
@@ -45,7 +45,11 @@ __all__ = [
 
 class _Generative(nn.Module):
     def __init__(
-        self, input_dim: int, output_dim: int, num_experts: int, expert_hidden: Sequence[int],
+        self,
+        input_dim: int,
+        output_dim: int,
+        num_experts: int,
+        expert_hidden: Sequence[int],
         gate_hidden: Sequence[int],
     ) -> None:
         super().__init__()

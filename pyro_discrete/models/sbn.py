@@ -36,7 +36,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ._nets import mlp, output_bias_from_mean
+from pyro_discrete.nn import mlp, output_bias_from_mean, pixel_means
 
 __all__ = ["SigmoidBeliefNet", "sbn_linear1", "sbn_linear2", "sbn_nonlinear"]
 
@@ -83,11 +83,7 @@ class SigmoidBeliefNet(nn.Module):
         self.latent_dims = tuple(int(d) for d in latent_dims)
         self.hidden = tuple(int(h) for h in hidden)
         self.name = name
-        if x_mean is None:
-            x_mean = torch.full((x_dim,), 0.5)
-        if x_mean.shape != (x_dim,):
-            raise ValueError(f"x_mean must have shape ({x_dim},), got {tuple(x_mean.shape)}")
-        self.register_buffer("x_mean", x_mean.detach().clone().float())
+        self.register_buffer("x_mean", pixel_means(x_mean, x_dim))
 
         dims = (x_dim, *self.latent_dims)
         # encoder[l] maps layer l's input (x - x̄, or 2 b_l - 1) to the logits of b_{l+1}

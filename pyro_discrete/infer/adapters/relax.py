@@ -13,6 +13,7 @@ from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.adapters.base import SiteEstimator, Terms, variance_gradient_loss
 from pyro_discrete.infer.evaluation import GUIDE, cost_terms
 from pyro_discrete.infer.sites import SiteError, is_relaxable
+from pyro_discrete.nn import mlp
 
 
 class RELAX(SiteEstimator):
@@ -89,7 +90,7 @@ class RELAX(SiteEstimator):
         if net is None:
             net = cv.registered_module(
                 name,
-                lambda: cv.mlp(features.shape[-1], self.options["hidden"], nn.ReLU),
+                lambda: mlp(features.shape[-1], self.options["hidden"], 1, nn.ReLU),
                 features,
                 self.networks,
             )

@@ -10,6 +10,7 @@ from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.adapters.base import SiteEstimator, Terms
 from pyro_discrete.infer.evaluation import reduce_to_site
 from pyro_discrete.infer.sites import CATEGORICAL, SiteError
+from pyro_discrete.nn import mlp
 
 
 def pyro_baseline(ev, site, signal) -> tuple[Terms, object]:
@@ -112,7 +113,7 @@ class NVIL(SiteEstimator):
             features = cv.plate_features(inputs, site.batch_ndim, dims)
             net = cv.registered_module(
                 self.state_name(site.name, "baseline"),
-                lambda: cv.mlp(features.shape[-1], self.options["hidden"], nn.Tanh),
+                lambda: mlp(features.shape[-1], self.options["hidden"], 1, nn.Tanh),
                 features,
                 self.networks,
             )

@@ -1,4 +1,4 @@
-"""Small network builders shared by the models."""
+"""Small network builders shared by the models and the control variates."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp", "output_bias_from_mean"]
+__all__ = ["mlp", "output_bias_from_mean", "pixel_means"]
 
 
 def mlp(
@@ -16,6 +16,13 @@ def mlp(
     """``Linear`` layers of the given widths with ``activation`` between them (none at the end).
 
     With ``hidden=()`` this is a single affine map, the "linear" layer of the belief nets.
+
+    >>> mlp(4, (8,), 1, nn.ReLU)
+    Sequential(
+      (0): Linear(in_features=4, out_features=8, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=8, out_features=1, bias=True)
+    )
     """
     dims = [in_dim, *hidden, out_dim]
     layers: list[nn.Module] = []
@@ -24,6 +31,16 @@ def mlp(
         if i < len(dims) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def pixel_means(x_mean: torch.Tensor | None, x_dim: int) -> torch.Tensor:
+    r"""The training pixel means :math:`\bar x` a model centres its input with: ``x_mean``
+    checked against ``x_dim``, or 0.5 everywhere (no centring) when not given."""
+    if x_mean is None:
+        return torch.full((x_dim,), 0.5)
+    if x_mean.shape != (x_dim,):
+        raise ValueError(f"x_mean must have shape ({x_dim},), got {tuple(x_mean.shape)}")
+    return x_mean.detach().clone().float()
 
 
 def output_bias_from_mean(x_mean: torch.Tensor, eps: float = 0.001) -> torch.Tensor:
