@@ -228,7 +228,7 @@ class DiscreteELBO(ELBO):
                     batch = value.shape[: value.dim() - len(fn.event_shape)]
                     shape = torch.broadcast_shapes(fn.batch_shape, batch)
                     check_site_shape(
-                        {**site, "log_prob": torch.zeros(shape)}, self.max_plate_nesting
+                        {**site, "log_prob": torch.zeros(()).expand(shape)}, self.max_plate_nesting
                     )
 
     # -- assembling one step --------------------------------------------------------------
