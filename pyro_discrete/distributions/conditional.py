@@ -103,8 +103,8 @@ class ConditionalLogisticBernoulli(BernoulliParams):
 
     def __init__(
         self,
-        logits: Tensor | float | None = None,
         probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
         outcome: Tensor | float | None = None,
         validate_args: bool | None = None,
     ) -> None:
@@ -194,8 +194,8 @@ class ConditionalGumbelCategorical(CategoricalParams):
 
     def __init__(
         self,
-        logits: Tensor | None = None,
         probs: Tensor | None = None,
+        logits: Tensor | None = None,
         outcome: Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:

@@ -74,8 +74,8 @@ class LogisticBernoulli(BernoulliParams):
 
     def __init__(
         self,
-        logits: Tensor | float | None = None,
         probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
         validate_args: bool | None = None,
     ) -> None:
         param = self._init_param(logits, probs)
@@ -195,8 +195,8 @@ class GumbelCategorical(CategoricalParams):
 
     def __init__(
         self,
-        logits: Tensor | None = None,
         probs: Tensor | None = None,
+        logits: Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:
         param = self._init_param(logits, probs)

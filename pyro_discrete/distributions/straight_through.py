@@ -90,8 +90,8 @@ class StraightThroughBernoulli(BernoulliParams):
     def __init__(
         self,
         temperature: Tensor | float,
-        logits: Tensor | float | None = None,
         probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
         validate_args: bool | None = None,
     ) -> None:
         param = self._init_param(logits, probs)
@@ -177,8 +177,8 @@ class GumbelRaoBernoulli(StraightThroughBernoulli):
     def __init__(
         self,
         temperature: Tensor | float,
-        logits: Tensor | float | None = None,
         probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
         num_samples: int = 10,
         validate_args: bool | None = None,
     ) -> None:
@@ -237,8 +237,8 @@ class StraightThroughOneHotCategorical(CategoricalParams):
     def __init__(
         self,
         temperature: Tensor | float,
-        logits: Tensor | None = None,
         probs: Tensor | None = None,
+        logits: Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:
         param = self._init_param(logits, probs)
@@ -329,8 +329,8 @@ class GumbelRaoOneHotCategorical(StraightThroughOneHotCategorical):
     def __init__(
         self,
         temperature: Tensor | float,
-        logits: Tensor | None = None,
         probs: Tensor | None = None,
+        logits: Tensor | None = None,
         num_samples: int = 10,
         validate_args: bool | None = None,
     ) -> None:

@@ -41,3 +41,27 @@ def test_docstring_examples(name):
         module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE
     )
     assert result.failed == 0
+
+
+def test_positional_parameters_follow_pyro_and_torch():
+    """``temperature, probs=None, logits=None`` as Pyro's relaxed distributions, and
+    ``probs, logits`` as torch's Bernoulli / OneHotCategorical: a positional second
+    argument is a probability."""
+    import inspect
+
+    from pyro.distributions import RelaxedBernoulliStraightThrough
+
+    import pyro_discrete.distributions as D
+
+    pyro_order = list(inspect.signature(RelaxedBernoulliStraightThrough).parameters)[:3]
+    for cls in (
+        D.StraightThroughBernoulli,
+        D.StraightThroughOneHotCategorical,
+        D.GumbelRaoBernoulli,
+        D.GumbelRaoOneHotCategorical,
+    ):
+        assert list(inspect.signature(cls).parameters)[:3] == pyro_order
+    for cls in (D.LogisticBernoulli, D.GumbelCategorical):
+        assert list(inspect.signature(cls).parameters)[:2] == ["probs", "logits"]
+    d = D.StraightThroughBernoulli(0.5, torch.tensor(0.25))
+    assert torch.allclose(d.probs, torch.tensor(0.25))
