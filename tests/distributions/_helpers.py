@@ -68,6 +68,24 @@ def density_goodness_of_fit(samples: Tensor, probs: Tensor) -> float:
 FD_DRAWS = 4_000
 
 
+def assert_gradient_matches_finite_differences(objective, logits: Tensor, dtype) -> None:
+    """The autograd gradient of ``objective(logits.to(dtype))`` (a scalar computed with
+    common random numbers) equals its central finite differences in float64 steps."""
+    param = logits.clone().to(dtype).requires_grad_()
+    (grad,) = torch.autograd.grad(objective(param), param)
+    h = 1e-5 if dtype == torch.float64 else 1e-2
+    steps = torch.eye(logits.numel(), dtype=torch.float64).reshape(-1, *logits.shape)
+    fd = torch.stack(
+        [
+            (objective((logits + h * e).to(dtype)) - objective((logits - h * e).to(dtype))).double()
+            / (2 * h)
+            for e in steps
+        ]
+    ).reshape(logits.shape)
+    tol = 1e-6 if dtype == torch.float64 else 2e-3
+    torch.testing.assert_close(grad.double(), fd, rtol=tol, atol=tol)
+
+
 def histogram_2d_pvalue(
     samples: Tensor,
     log_density,

@@ -21,6 +21,7 @@ from ._helpers import (
     GOF_THRESHOLD,
     KS_THRESHOLD,
     NUM_DRAWS,
+    assert_gradient_matches_finite_differences,
     assert_mean_close,
     density_goodness_of_fit,
     histogram_2d_pvalue,
@@ -116,18 +117,7 @@ def test_logistic_conditional_gradient_matches_finite_differences(dtype):
         z = ConditionalLogisticBernoulli(logits=lg, outcome=outcome).rsample((FD_DRAWS,))
         return (torch.sin(z) + 0.1 * z**2).mean(0).sum()
 
-    param = logits.clone().to(dtype).requires_grad_()
-    (grad,) = torch.autograd.grad(objective(param), param)
-    h = 1e-5 if dtype == torch.float64 else 1e-2
-    fd = torch.stack(
-        [
-            (objective((logits + h * e).to(dtype)) - objective((logits - h * e).to(dtype))).double()
-            / (2 * h)
-            for e in torch.eye(4, dtype=torch.float64)
-        ]
-    )
-    tol = 1e-6 if dtype == torch.float64 else 2e-3
-    torch.testing.assert_close(grad.double(), fd, rtol=tol, atol=tol)
+    assert_gradient_matches_finite_differences(objective, logits, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -341,18 +331,7 @@ def test_gumbel_conditional_gradient_matches_finite_differences(dtype):
         z = ConditionalGumbelCategorical(logits=lg, outcome=outcome).rsample((FD_DRAWS,))
         return ((torch.softmax(z / 0.7, -1) * c).sum(-1) + 0.01 * (z**2).sum(-1)).mean()
 
-    param = logits.clone().to(dtype).requires_grad_()
-    (grad,) = torch.autograd.grad(objective(param), param)
-    h = 1e-5 if dtype == torch.float64 else 1e-2
-    fd = torch.stack(
-        [
-            (objective((logits + h * e).to(dtype)) - objective((logits - h * e).to(dtype))).double()
-            / (2 * h)
-            for e in torch.eye(3, dtype=torch.float64)
-        ]
-    )
-    tol = 1e-6 if dtype == torch.float64 else 2e-3
-    torch.testing.assert_close(grad.double(), fd, rtol=tol, atol=tol)
+    assert_gradient_matches_finite_differences(objective, logits, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -22,6 +22,7 @@ from ._helpers import (
     GOF_THRESHOLD,
     NUM_DRAWS,
     assert_frequencies,
+    assert_gradient_matches_finite_differences,
     density_goodness_of_fit,
     histogram_2d_pvalue,
 )
@@ -100,18 +101,9 @@ def _mc_objective(make, seed, sample_shape=(FD_DRAWS,)):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_logistic_reparameterised_gradient_matches_finite_differences(dtype):
     logits = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)
-    param = logits.clone().to(dtype).requires_grad_()
-    (grad,) = torch.autograd.grad(_mc_objective(lambda: LogisticBernoulli(logits=param), 7), param)
-    h = 1e-5 if dtype == torch.float64 else 1e-2
-    fd = torch.empty(3, dtype=torch.float64)
-    for i in range(3):
-        e = torch.zeros(3, dtype=torch.float64)
-        e[i] = h
-        plus = _mc_objective(lambda e=e: LogisticBernoulli(logits=(logits + e).to(dtype)), 7)
-        minus = _mc_objective(lambda e=e: LogisticBernoulli(logits=(logits - e).to(dtype)), 7)
-        fd[i] = (plus - minus).double() / (2 * h)
-    tol = 1e-6 if dtype == torch.float64 else 2e-3
-    torch.testing.assert_close(grad.double(), fd, rtol=tol, atol=tol)
+    assert_gradient_matches_finite_differences(
+        lambda lg: _mc_objective(lambda: LogisticBernoulli(logits=lg), 7), logits, dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -238,24 +230,9 @@ def _softmax_objective(make, seed, c, n=FD_DRAWS):
 def test_gumbel_reparameterised_gradient_matches_finite_differences(dtype):
     logits = torch.tensor([0.5, -1.0, 1.5], dtype=torch.float64)
     c = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
-    param = logits.clone().to(dtype).requires_grad_()
-    (grad,) = torch.autograd.grad(
-        _softmax_objective(lambda: GumbelCategorical(logits=param), 8, c), param
+    assert_gradient_matches_finite_differences(
+        lambda lg: _softmax_objective(lambda: GumbelCategorical(logits=lg), 8, c), logits, dtype
     )
-    h = 1e-5 if dtype == torch.float64 else 1e-2
-    fd = torch.empty(3, dtype=torch.float64)
-    for i in range(3):
-        e = torch.zeros(3, dtype=torch.float64)
-        e[i] = h
-        plus = _softmax_objective(
-            lambda e=e: GumbelCategorical(logits=(logits + e).to(dtype)), 8, c
-        )
-        minus = _softmax_objective(
-            lambda e=e: GumbelCategorical(logits=(logits - e).to(dtype)), 8, c
-        )
-        fd[i] = (plus - minus).double() / (2 * h)
-    tol = 1e-6 if dtype == torch.float64 else 2e-3
-    torch.testing.assert_close(grad.double(), fd, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
