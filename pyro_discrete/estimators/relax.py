@@ -62,14 +62,14 @@ def relax_logit_gradient(
         ``create_graph`` is set and never needs a :math:`\theta`-gradient.
 
     >>> import torch
-    >>> from pyro_discrete.distributions import functional as F
+    >>> from pyro_discrete.distributions import functional as dfn
     >>> logits = torch.zeros(4, requires_grad=True)
     >>> u = torch.tensor([0.1, 0.4, 0.6, 0.9])
-    >>> z = F.logistic_sample(logits, u); b = F.heaviside(z)
-    >>> zt = F.logistic_conditional_sample(logits, b, F.logistic_conditional_noise(logits, z, b))
+    >>> z = dfn.logistic_sample(logits, u); b = dfn.heaviside(z)
+    >>> zt = dfn.logistic_conditional_sample(logits, b, dfn.logistic_conditional_noise(logits, z, b))
     >>> f = lambda v: (v - 0.45) ** 2
     >>> g = relax_logit_gradient(logits, b - logits.sigmoid(), f(b),
-    ...                          f(F.relax_bernoulli(z, 0.5)), f(F.relax_bernoulli(zt, 0.5)))
+    ...                          f(dfn.relax_bernoulli(z, 0.5)), f(dfn.relax_bernoulli(zt, 0.5)))
     >>> g.shape
     torch.Size([4])
     """

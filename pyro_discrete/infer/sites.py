@@ -20,8 +20,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
-from pyro_discrete.distributions import GumbelCategorical, LogisticBernoulli
-from pyro_discrete.distributions import functional as F
+from pyro_discrete.distributions import GumbelCategorical, LogisticBernoulli, functional
 
 BERNOULLI = "bernoulli"
 ONE_HOT = "one_hot"
@@ -104,9 +103,9 @@ def log_prob(fn, value: Tensor, relaxed: bool = False, masked: bool = True) -> T
     if isinstance(fn, ExpandedDistribution):
         return log_prob(fn.base_dist, value, relaxed, masked)
     if relaxed and isinstance(fn, Bernoulli):
-        return F.bernoulli_log_mass(fn.logits, value)
+        return functional.bernoulli_log_mass(fn.logits, value)
     if relaxed and isinstance(fn, OneHotCategorical):
-        return F.categorical_log_mass(fn.logits, value)
+        return functional.categorical_log_mass(fn.logits, value)
     return fn.log_prob(value)
 
 
@@ -163,7 +162,7 @@ class DiscreteSite:
 
     def draw(self) -> None:
         """Draw the base pass's noise, continuous variable and hard value."""
-        self.noise = F.uniform_like(self.logits)
+        self.noise = functional.uniform_like(self.logits)
         self.z = self.relaxation().reparameterize(self.noise)
         self.hard = self.relaxation().threshold(self.z).detach()
 
