@@ -26,6 +26,7 @@ extensions = [
     "sphinx.ext.mathjax",
     # MathJax 3 copied into _static/mathjax (sets mathjax_path): the site typesets its math
     # without a network; tests/test_docs_site.py checks that no page loads a remote script.
+    # It declares no parallel safety, so `sphinx-build -j N` warns (an error under -W).
     "sphinx-mathjax-offline",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
