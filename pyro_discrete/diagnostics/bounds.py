@@ -331,7 +331,7 @@ def importance_weighted_bound(
     return bound.sum().item() if reduction == "sum" else bound.mean().item()
 
 
-def _check_whole_data_bound(terms: _LogWeights, rows: int, num_rows: int, reduction: str):
+def _check_whole_data_bound(terms: _LogWeights, rows: int, num_rows: int, reduction: str) -> None:
     if rows < num_rows:
         raise ValueError(
             f"{_global_sites_message(terms)}: the importance weights do not factorise over "
@@ -366,6 +366,9 @@ def elbo_estimate(
     summed, and the result is the data set's ELBO divided by :math:`N`, as
     ``-Trace_ELBO().loss(model, guide, x) / N``. A guide whose global sites depend on the
     data it is given needs ``batch_size=None``; so does a non-amortised guide.
+
+    :param int num_samples: guide draws per data point.
+    :param batch_size: data points per vectorised pass; ``None``: all in one pass.
     """
     n = _num_rows(args, kwargs)
     per_datum_total, shared_total, num_batches = 0.0, 0.0, 0
