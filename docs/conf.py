@@ -24,6 +24,10 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into _static/mathjax (sets mathjax_path): the site typesets its math
+    # without a network; tests/test_docs_site.py checks that no page loads a remote script.
+    # It declares no parallel safety, so `sphinx-build -j N` warns (an error under -W).
+    "sphinx-mathjax-offline",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "myst_parser",
@@ -53,7 +57,9 @@ torch.manual_seed(0)
 
 html_theme = "sphinx_rtd_theme"
 html_title = f"pyro_discrete {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# Wide tables scroll inside their own box instead of being cut off by the content column.
+html_css_files = ["tables.css"]
 
 
 def _write_cli_help() -> None:
@@ -100,4 +106,16 @@ def _subcommands(top: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-_write_cli_help()
+def _write_cli_help_for_cli_page(app) -> None:
+    """Generate the help only for a site that has the CLI page: a build of other sources
+    with this configuration (``sphinx-build -c docs``, as the tests do) skips the five
+    subprocesses.
+    """
+    if (Path(app.srcdir) / "api" / "cli.rst").exists():
+        _write_cli_help()
+
+
+def setup(app) -> None:
+    # config-inited comes before Sphinx looks for changed sources, so an incremental build
+    # still sees the regenerated help file as a changed dependency of the CLI page.
+    app.connect("config-inited", lambda app, config: _write_cli_help_for_cli_page(app))
