@@ -66,7 +66,8 @@ def relax_logit_gradient(
     >>> logits = torch.zeros(4, requires_grad=True)
     >>> u = torch.tensor([0.1, 0.4, 0.6, 0.9])
     >>> z = dfn.logistic_sample(logits, u); b = dfn.heaviside(z)
-    >>> zt = dfn.logistic_conditional_sample(logits, b, dfn.logistic_conditional_noise(logits, z, b))
+    >>> v = dfn.logistic_conditional_noise(logits, z, b)
+    >>> zt = dfn.logistic_conditional_sample(logits, b, v)
     >>> f = lambda v: (v - 0.45) ** 2
     >>> g = relax_logit_gradient(logits, b - logits.sigmoid(), f(b),
     ...                          f(dfn.relax_bernoulli(z, 0.5)), f(dfn.relax_bernoulli(zt, 0.5)))

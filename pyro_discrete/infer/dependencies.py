@@ -14,7 +14,10 @@ and reads the provenance of every log-density (Wingate et al. 2011, as Pyro's
 
 from __future__ import annotations
 
+import contextlib
+
 import pyro.poutine as poutine
+import torch
 from pyro.ops.provenance import extract_provenance, get_provenance, track_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
@@ -40,6 +43,21 @@ def replay_guide_then_model(model, guide, args, kwargs, guide_trace: Trace | Non
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without consuming the global random streams (CPU and current CUDA):
+    bookkeeping passes must not shift what the training step draws, or a run resumed in a
+    fresh process (which redoes them) would diverge from an uninterrupted one."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 class _TrackDiscrete(Messenger):
@@ -88,7 +106,7 @@ def dependency_map(
 ) -> dict[CostKey, frozenset]:
     """For each cost term ``(role, site name)``, the discrete sites whose values it depends
     on (``inherit=False``: directly, see the module docstring)."""
-    with poutine.block(), _TrackDiscrete(names, inherit):
+    with preserved_rng(), poutine.block(), _TrackDiscrete(names, inherit):
         tracked_model, tracked_guide = replay_guide_then_model(
             model, guide, args, kwargs, guide_trace
         )

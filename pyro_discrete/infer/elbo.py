@@ -22,7 +22,6 @@ loss is not finite before anything is updated. It knows no estimator by name.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -38,6 +37,7 @@ from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.adapters import SiteEstimator, Terms, make_estimator
 from pyro_discrete.infer.dependencies import (
     dependency_map,
+    preserved_rng,
     replay_guide_then_model,
     structure_key,
 )
@@ -155,7 +155,7 @@ class DiscreteELBO(ELBO):
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # Pyro's guess runs the model and guide: keep it from drawing on the global random
         # stream, so that a run resumed in a fresh process draws what an uninterrupted one does
-        with _preserved_rng():
+        with preserved_rng():
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
     def _wrap(self, model, guide, args, kwargs) -> tuple[Callable, Callable]:
@@ -372,19 +372,6 @@ def _check_finite_grads() -> None:
         "is not finite (a log-density whose derivative overflows, e.g. log of a probability "
         "that reaches 0 or 1; check the model and the learning rate)"
     )
-
-
-@contextlib.contextmanager
-def _preserved_rng():
-    """Run a block without consuming the global random streams (CPU and current CUDA)."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
 
 
 def _warn_unused_sites(names: frozenset, deps: dict) -> None:
