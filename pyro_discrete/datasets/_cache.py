@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-import torch
+from pyro_discrete import _io
 
 __all__ = ["cache_dir", "atomic_torch_save", "file_sha256"]
 
@@ -31,19 +30,12 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     """``torch.save`` to a temporary file in the same directory, then rename.
 
     Several processes (pytest-xdist workers, parallel runs) may fill the same cache entry at
-    once; renaming makes each writer's file appear whole or not at all.
+    once; renaming makes each writer's file appear whole or not at all
+    (:func:`pyro_discrete._io.atomic_torch_save`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _io.atomic_torch_save(obj, path)
 
 
 @lru_cache(maxsize=8)
