@@ -13,6 +13,7 @@ beside the target, which :func:`orphaned_temporaries` finds.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -61,9 +62,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # a failed write() names no file; the caller's message should
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_directory(path.parent)
 
@@ -74,8 +78,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """:func:`torch.save` through :func:`atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """:func:`torch.save` through :func:`atomic_write`.
+
+    The object is serialised in memory first, so that a failing disk raises Python's
+    ``OSError`` (naming the file and the reason) rather than torch's internal
+    ``enforce fail at inline_container.cc``.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def orphaned_temporaries(path: str | os.PathLike) -> list[Path]:

@@ -14,6 +14,7 @@ Tucker et al. 2017, Fig. 2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import os
@@ -32,6 +33,7 @@ from pyro_discrete.diagnostics import elbo_estimate, gradient_variance, importan
 from pyro_discrete.infer import ESTIMATORS
 
 from .errors import CLIError
+from .lock import RunLock
 from .rundir import load_param_store_state, param_store_state
 from .tasks import Task, check_model_name, make_device, make_elbo, make_task
 from .training import RunState, advance, new_run, progress_bar, register_modules
@@ -386,6 +388,8 @@ def compare_into(out: Path, overwrite: bool, settings: CompareSettings, progress
 
     An interrupted or failed comparison leaves no directory that looks like a finished report.
     """
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CLIError(
             f"{out} already exists and is not empty; pass --overwrite to replace "
@@ -393,13 +397,18 @@ def compare_into(out: Path, overwrite: bool, settings: CompareSettings, progress
         )
     make_device(settings.device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        run_compare(settings, tmp, progress=progress)
-        _publish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.ExitStack() as locks:
+        # one comparison per --out at a time, and never over a run directory in use
+        locks.enter_context(RunLock(out.parent, "pyro-discrete compare", f".{out.name}.lock"))
+        if out.is_dir():
+            locks.enter_context(RunLock(out, "pyro-discrete compare --overwrite"))
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+        try:
+            run_compare(settings, tmp, progress=progress)
+            _publish(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return out / "report.md"
 
 

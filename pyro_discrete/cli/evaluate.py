@@ -23,11 +23,7 @@ def _checked_checkpoint(run_dir: Path, config: dict, model: str | None) -> dict:
     if model is not None and model != config["model"]:
         raise CLIError(f"the checkpoint in {run_dir} is a {config['model']!r} model, not {model!r}")
     checkpoint = rundir.load_checkpoint(run_dir)
-    if checkpoint.get("model_name") != config["model"]:
-        raise CLIError(
-            f"{run_dir}: {rundir.CHECKPOINT} holds a {checkpoint.get('model_name')!r} model but "
-            f"{rundir.CONFIG} says {config['model']!r}; the directory mixes two runs"
-        )
+    rundir.check_same_run(checkpoint, config, run_dir)
     return checkpoint
 
 

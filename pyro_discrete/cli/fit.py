@@ -1,4 +1,16 @@
-"""``pyro-discrete fit``: train one model with one estimator, checkpointing and resuming."""
+"""``pyro-discrete fit``: train one model with one estimator, checkpointing and resuming.
+
+What a run directory promises (see :mod:`~pyro_discrete.cli.rundir`):
+
+- one writer: ``fit`` holds the directory's lock (:class:`~pyro_discrete.cli.lock.RunLock`)
+  while it runs; another ``fit`` on it, resumed or ``--overwrite``, is refused;
+- nothing lost: the checkpoint is replaced atomically every ``--checkpoint-every`` steps and
+  on ``SIGINT``/``SIGTERM`` (exit 130/143); ``metrics.csv`` is flushed every ``--log-every``
+  steps; a resumed run (after a kill at any moment) continues exactly like an
+  uninterrupted one, its curve included;
+- a resume changes nothing it does not have to: resuming a finished run leaves every file
+  as it is, and a resume whose training options differ from the run's is refused.
+"""
 
 from __future__ import annotations
 
@@ -15,54 +27,60 @@ import torch
 from pyro_discrete._io import atomic_write_text
 from pyro_discrete.diagnostics import elbo_estimate
 
-from . import rundir
+from . import metrics, rundir
 from .errors import CLIError
+from .lock import LOCK, RunLock
 from .tasks import Task, check_model_name, make_device, make_elbo, make_task
-from .training import RunState, advance, new_run, progress_bar, register_modules
+from .training import RunState, StopRequest, advance, new_run, progress_bar, register_modules
 
-__all__ = ["cmd_fit"]
+__all__ = ["cmd_fit", "NEW_RUN_DEFAULTS"]
 
-_METRICS_HEADER = "step,wall_time_s,train_elbo_ema\n"
+#: what a new run uses for the options not given on its command line
+NEW_RUN_DEFAULTS = {
+    "model": "sbn_linear1",
+    "estimator": "reinforce",
+    "data": "mnist",
+    "binarization": "static",
+    "batch_size": 24,
+    "lr": 3e-4,
+    "cv_lr_factor": 10.0,
+    "seed": 0,
+    "steps": 1000,
+}
 
 
-def _check_fresh_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
+def _given(args: argparse.Namespace) -> set[str]:
+    return set(getattr(args, "given", ()))
+
+
+def _option(args: argparse.Namespace, key: str):
+    value = getattr(args, key, None)
+    return NEW_RUN_DEFAULTS[key] if value is None else value
+
+
+def _check_resume_options(args: argparse.Namespace, config: dict, out: Path) -> None:
+    """:raises CLIError: naming every training option given that differs from the run's."""
+    differences = [
+        f"{rundir.option_flag(key)} {getattr(args, key)} (the run has {config[key]})"
+        for key in rundir.TRAINING_OPTIONS
+        if key in _given(args) and getattr(args, key) != config[key]
+    ]
+    if differences:
         raise CLIError(
-            f"{out} already exists and is not empty; pass --resume to continue that run, "
-            "--overwrite to replace it, or choose another --out"
+            f"--resume: {'; '.join(differences)} does not match the run in {out}; a resumed "
+            "run keeps the options it was started with: drop them to resume, or start a new "
+            "--out"
         )
 
 
-def _resumed_config(args: argparse.Namespace, out: Path) -> tuple[dict, dict, int]:
-    config = rundir.read_config(out)
-    for key in ("model", "estimator", "data"):
-        given = getattr(args, key)
-        if given is not None and given != config[key]:
-            raise CLIError(
-                f"--{key} {given} does not match the run in {out}, which was started with "
-                f"--{key} {config[key]}; resume with the same {key} or start a new --out"
-            )
-    checkpoint = rundir.load_checkpoint(out)
-    steps = args.steps if args.steps is not None else config["steps"]
-    if steps < checkpoint["step"]:
-        raise CLIError(f"--steps {steps} is below the checkpoint's step {checkpoint['step']}")
-    return config, checkpoint, steps
-
-
-def _new_config(args: argparse.Namespace) -> tuple[dict, int]:
-    config = {
-        "format_version": rundir.FORMAT_VERSION,
-        "model": args.model or "sbn_linear1",
-        "estimator": args.estimator or "reinforce",
-        "data": args.data or "mnist",
-        "binarization": args.binarization,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "cv_lr_factor": args.cv_lr_factor,
-        "seed": args.seed,
-    }
+def _new_config(args: argparse.Namespace, device: torch.device) -> dict:
+    config = {"format_version": rundir.FORMAT_VERSION}
+    config.update({key: _option(args, key) for key in rundir.TRAINING_OPTIONS})
     make_elbo(config["estimator"])  # validates the name before any data is loaded
-    return config, args.steps if args.steps is not None else 1000
+    check_model_name(config["model"])
+    config["steps"] = _option(args, "steps")
+    config["device"] = str(device)
+    return config
 
 
 def _restore(
@@ -87,38 +105,57 @@ def _restore(
     torch.set_rng_state(checkpoint["rng"])
     run.step, run.elapsed = checkpoint["step"], checkpoint["elapsed"]
     run.excluded = checkpoint["excluded"]
+    if "ema" in checkpoint:  # format 1 did not keep the smoothed ELBO: it restarts
+        run.ema.load_state_dict(checkpoint["ema"])
+        run.smoothed = checkpoint["smoothed"]
 
 
-def _prepare_metrics(path: Path, resumed_step: int | None) -> None:
-    if resumed_step is not None and path.exists():
-        # rows past the checkpoint (a run stopped while saving) would be repeated on resume
-        rows = path.read_text().splitlines()[1:]
-        kept = [r for r in rows if r and int(r.split(",")[0]) <= resumed_step]
-        atomic_write_text(path, _METRICS_HEADER + "".join(r + "\n" for r in kept))
-    elif not path.exists():
-        path.write_text(_METRICS_HEADER)
+def _checkpoint(run: RunState, config: dict) -> dict:
+    return {
+        "format_version": rundir.FORMAT_VERSION,
+        "model_name": config["model"],
+        "config": {key: config[key] for key in rundir.TRAINING_OPTIONS},
+        "step": run.step,
+        "elapsed": run.elapsed,
+        "excluded": run.excluded,
+        "model": {k: v.cpu() for k, v in run.model.state_dict().items()},
+        "param_store": rundir.param_store_state(),
+        "optim": run.optim.get_state(),
+        "loader": run.loader.state_dict(),
+        "rng": torch.get_rng_state(),
+        "ema": run.ema.state_dict(),
+        "smoothed": run.smoothed,
+    }
 
 
-def _save(run: RunState, out: Path, config: dict) -> None:
-    with (out / rundir.METRICS).open("a") as f:
-        for row in run.history:
-            f.write(f"{row['step']},{row['wall_time_s']:.3f},{row['train_elbo_ema']:.4f}\n")
-    run.history.clear()
-    rundir.save_checkpoint(
-        out,
-        {
-            "format_version": rundir.FORMAT_VERSION,
-            "model_name": config["model"],
-            "step": run.step,
-            "elapsed": run.elapsed,
-            "excluded": run.excluded,
-            "model": {k: v.cpu() for k, v in run.model.state_dict().items()},
-            "param_store": rundir.param_store_state(),
-            "optim": run.optim.get_state(),
-            "loader": run.loader.state_dict(),
-            "rng": torch.get_rng_state(),
-        },
-    )
+class _Writer:
+    """Writes a run's metrics rows and checkpoints into its directory, off the clock."""
+
+    def __init__(self, out: Path, config: dict, saved_step: int | None) -> None:
+        self.out, self.config, self.saved_step = out, config, saved_step
+
+    def flush_metrics(self, run: RunState) -> None:
+        metrics.append_rows(self.out / rundir.METRICS, run.history)
+        run.history.clear()
+
+    def save(self, run: RunState) -> None:
+        t0 = time.perf_counter()
+        self.flush_metrics(run)
+        try:
+            rundir.save_checkpoint(self.out, _checkpoint(run, self.config))
+        except OSError as e:
+            kept = (
+                "no checkpoint was written before"
+                if self.saved_step is None
+                else f"the checkpoint of step {self.saved_step} is intact"
+            )
+            raise CLIError(
+                f"cannot write {self.out / rundir.CHECKPOINT} at step {run.step}: "
+                f"{e.strerror or e}; {kept}: free space or make {self.out} writable, then "
+                "continue with --resume"
+            ) from None
+        self.saved_step = run.step
+        run.excluded += time.perf_counter() - t0
 
 
 def _summarise(run: RunState, task: Task, out: Path, examples: int, device: torch.device) -> dict:
@@ -135,22 +172,29 @@ def _summarise(run: RunState, task: Task, out: Path, examples: int, device: torc
     return summary
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    """Train, checkpointing every ``--checkpoint-every`` steps; ``--resume`` continues."""
-    out = Path(args.out)
-    device = make_device(args.device)
-    checkpoint = None
-    if args.resume:
-        config, checkpoint, steps = _resumed_config(args, out)
+def _interrupted(run: RunState, writer: _Writer, signum: int, out: Path) -> int:
+    if writer.saved_step == run.step:
+        where = f"checkpoint of step {run.step} saved in {out / rundir.CHECKPOINT}"
     else:
-        config, steps = _new_config(args)
-    config["steps"] = steps
-    config["device"] = str(device)
-    check_model_name(config["model"])
-    task = make_task(config["model"], config["data"], config["binarization"], config["seed"])
-    if not args.resume:
-        _check_fresh_out(out, args.overwrite)
+        where = "nothing trained yet, nothing saved"
+    print(
+        f"pyro-discrete fit: interrupted at step {run.step}; {where}; continue with "
+        f"`pyro-discrete fit --out {out} --resume`",
+        file=sys.stderr,
+    )
+    return 128 + signum
 
+
+def _train(
+    args: argparse.Namespace,
+    out: Path,
+    config: dict,
+    task: Task,
+    device: torch.device,
+    checkpoint: dict | None,
+) -> int:
+    """Train to ``config["steps"]`` from ``checkpoint`` (or from scratch), then summarise."""
+    steps = config["steps"]
     run = new_run(
         task,
         config["estimator"],
@@ -161,18 +205,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
         device,
     )
     if checkpoint is not None:
-        _restore(run, checkpoint, out, config, device)
-    elif args.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / rundir.SUMMARY).unlink(missing_ok=True)  # a resumed run is unfinished until it ends
-    rundir.write_config(out, config)
-    _prepare_metrics(out / rundir.METRICS, None if checkpoint is None else run.step)
+        try:
+            _restore(run, checkpoint, out, config, device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CLIError(
+                f"{out / rundir.CHECKPOINT} does not fit this run "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "start again with --overwrite"
+            ) from None
+    writer = _Writer(out, config, None if checkpoint is None else run.step)
 
-    def maybe_save(run: RunState) -> None:
+    def on_step(run: RunState) -> None:
         if run.step % args.checkpoint_every == 0 and run.step < steps:
+            writer.save(run)
+        elif run.history:
             t0 = time.perf_counter()
-            _save(run, out, config)
+            writer.flush_metrics(run)
             run.excluded += time.perf_counter() - t0
 
     print(
@@ -180,15 +228,90 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"steps {run.step} -> {steps}, output {out}",
         file=sys.stderr,
     )
-    bar = progress_bar(steps, run.step, config["estimator"], not args.no_progress)
-    try:
-        advance(run, steps, bar=bar, on_step=maybe_save, log_every=args.log_every)
-    finally:
-        bar.close()
-    _save(run, out, config)
+    with StopRequest() as stop:
+        bar = progress_bar(steps, run.step, config["estimator"], not args.no_progress)
+        try:
+            advance(
+                run, steps, bar=bar, on_step=on_step, log_every=args.log_every, stop=stop.requested
+            )
+        finally:
+            bar.close()
+        if writer.saved_step != run.step and run.step > 0:
+            writer.save(run)
+        if stop.signum is not None:
+            return _interrupted(run, writer, stop.signum, out)
     summary = _summarise(run, task, out, args.eval_examples, device)
     print(
         f"valid ELBO {summary['valid_elbo']:.2f} nats ({summary['valid_examples']} examples, "
         f"one sample each); run saved in {out}"
     )
     return 0
+
+
+def _resume(args: argparse.Namespace, out: Path, device: torch.device) -> int:
+    config = rundir.read_config(out)
+    _check_resume_options(args, config, out)
+    checkpoint = rundir.load_checkpoint(out)
+    rundir.check_same_run(checkpoint, config, out)
+    steps = args.steps if args.steps is not None else config["steps"]
+    if steps < checkpoint["step"]:
+        raise CLIError(f"--steps {steps} is below the checkpoint's step {checkpoint['step']}")
+    if steps == checkpoint["step"] and (out / rundir.SUMMARY).is_file():
+        print(
+            f"pyro-discrete fit: the run in {out} already finished at step {steps}; nothing "
+            "to do (pass a larger --steps to continue it)",
+            file=sys.stderr,
+        )
+        return 0
+    task = make_task(config["model"], config["data"], config["binarization"], config["seed"])
+    for orphan in rundir.remove_orphaned_temporaries(out):
+        print(
+            f"pyro-discrete: removed {orphan.name}, left by a process killed while writing",
+            file=sys.stderr,
+        )
+    metrics.truncate_metrics(out / rundir.METRICS, checkpoint["step"])
+    updated = {**config, "steps": steps, "device": str(device)}
+    if updated != config:
+        rundir.write_config(out, updated)
+    if steps > checkpoint["step"]:
+        (out / rundir.SUMMARY).unlink(missing_ok=True)  # unfinished until it ends
+    return _train(args, out, updated, task, device, checkpoint)
+
+
+def _clear_for_new_run(out: Path, overwrite: bool) -> None:
+    # checked again under the lock: another process may have written since the first check
+    entries = [p for p in out.iterdir() if p.name != LOCK]
+    if entries and not overwrite:
+        raise CLIError(
+            f"{out} already exists and is not empty; pass --resume to continue that run, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Train, checkpointing every ``--checkpoint-every`` steps; ``--resume`` continues."""
+    out = Path(args.out)
+    device = make_device(args.device)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
+    if args.resume:
+        if not (out / rundir.CONFIG).is_file():
+            rundir.read_config(out)  # the message for a directory that is no run
+        with RunLock(out, "pyro-discrete fit --resume"):
+            return _resume(args, out, device)
+    config = _new_config(args, device)
+    # loads the data before any directory is created: missing data leaves nothing behind
+    task = make_task(config["model"], config["data"], config["binarization"], config["seed"])
+    if out.exists() and not args.overwrite:
+        _clear_for_new_run(out, overwrite=False)  # refuses a directory that is not empty
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, "pyro-discrete fit"):
+        _clear_for_new_run(out, args.overwrite)
+        rundir.write_config(out, config)
+        metrics.start_metrics(out / rundir.METRICS)
+        return _train(args, out, config, task, device, None)

@@ -39,6 +39,18 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
+class _Recorded(argparse.Action):
+    """Stores the value and notes the option in ``namespace.given``.
+
+    ``fit --resume`` refuses training options that differ from the run's, and only options
+    given on the command line can differ (the others take the run's values).
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -49,15 +61,22 @@ def _positive_int(text: str) -> int:
 def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     """Model, data, device, seed and display options of ``fit``, ``compare`` and ``demo``."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", default=model_default, help=f"one of: {', '.join(sorted(MODELS))}")
+    p.add_argument(
+        "--model",
+        action=_Recorded,
+        default=model_default,
+        help=f"one of: {', '.join(sorted(MODELS))}",
+    )
     p.add_argument(
         "--data",
+        action=_Recorded,
         default=None,
         choices=["mnist", "fashion_mnist"],
         help="data for the VAEs (default mnist; the mixture of experts always uses synthetic data)",
     )
     p.add_argument(
         "--binarization",
+        action=_Recorded,
         default="static",
         choices=["static", "dynamic"],
         help="one fixed Bernoulli draw of the images, or a fresh one per batch",
@@ -65,6 +84,7 @@ def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--seed",
+        action=_Recorded,
         type=int,
         default=0,
         help="seed of the initialisation, data order and binarisation",
@@ -81,10 +101,15 @@ def _optimisation_options() -> argparse.ArgumentParser:
     ``set_defaults`` (``demo``'s own learning rate) would change them for every subcommand.
     """
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--batch-size", type=_positive_int, default=24, help="minibatch size")
-    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the model")
+    p.add_argument(
+        "--batch-size", action=_Recorded, type=_positive_int, default=24, help="minibatch size"
+    )
+    p.add_argument(
+        "--lr", action=_Recorded, type=float, default=3e-4, help="Adam learning rate of the model"
+    )
     p.add_argument(
         "--cv-lr-factor",
+        action=_Recorded,
         type=float,
         default=10.0,
         help="control-variate learning rate as a multiple of --lr",
@@ -101,7 +126,9 @@ def _add_fit(sub) -> None:
         description="Train one model with one estimator; checkpoints every --checkpoint-every "
         "steps, and --resume continues a run exactly.",
     )
-    fit.add_argument("--estimator", default=None, help=f"one of: {', '.join(ESTIMATORS)}")
+    fit.add_argument(
+        "--estimator", action=_Recorded, default=None, help=f"one of: {', '.join(ESTIMATORS)}"
+    )
     fit.add_argument(
         "--steps",
         type=_positive_int,

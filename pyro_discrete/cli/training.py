@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +18,18 @@ from pyro_discrete.datasets import MinibatchIterator
 from pyro_discrete.infer import DiscreteELBO
 from pyro_discrete.optim import MultiTensorAdam
 
+from .errors import Interrupted
 from .tasks import Task, make_elbo, make_optimizer
 
-__all__ = ["EMA", "RunState", "advance", "new_run", "progress_bar", "register_modules"]
+__all__ = [
+    "EMA",
+    "StopRequest",
+    "RunState",
+    "advance",
+    "new_run",
+    "progress_bar",
+    "register_modules",
+]
 
 
 class EMA:
@@ -32,6 +43,45 @@ class EMA:
         self.count += 1
         self.value = self.decay * self.value + (1 - self.decay) * x
         return self.value / (1 - self.decay**self.count)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "value": self.value, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.value, self.count = state["decay"], state["value"], state["count"]
+
+
+class StopRequest:
+    """Within its ``with`` block, ``SIGINT`` and ``SIGTERM`` ask the training loop to stop.
+
+    The first signal only sets :attr:`signum`: the loop finishes its step, so the caller can
+    save a consistent checkpoint. A second signal stops at once (``Interrupted``). Outside
+    the main thread signals cannot be handled, and the block changes nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool):
@@ -93,8 +143,11 @@ def advance(
     bar=None,
     log_every: int = 50,
     on_step: Callable[[RunState], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run SVI until ``run.step == until``; ``on_step`` runs after every step.
+
+    Stops early, between steps, once ``stop()`` is true.
 
     ``run.elapsed`` accumulates only the time spent here, so runs that take turns (see
     :func:`~pyro_discrete.cli.compare.run_compare`) each count their own training time.
@@ -125,6 +178,8 @@ def advance(
             on_step(run)
             # the callback's own time is on the clock now; it subtracts what it excludes
             run.elapsed = time.perf_counter() - start
+        if stop is not None and stop():
+            return
 
 
 def new_run(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyro_discrete import _io
 
-__all__ = ["cache_dir", "atomic_torch_save", "file_sha256"]
+__all__ = ["cache_dir", "cache_location", "atomic_torch_save", "file_sha256"]
 
 _ENV = "PYRO_DISCRETE_CACHE"
 
@@ -20,10 +20,15 @@ def cache_dir() -> Path:
     It is created on first use. The environment variable is read on every call so that
     tests and users can redirect the cache without restarting the interpreter.
     """
-    root = os.environ.get(_ENV)
-    path = Path(root).expanduser() if root else Path.home() / ".cache" / "pyro_discrete"
+    path = cache_location()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_location() -> Path:
+    """Where :func:`cache_dir` is, without creating it (to name it in error messages)."""
+    root = os.environ.get(_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "pyro_discrete"
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
