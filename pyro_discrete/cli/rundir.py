@@ -138,6 +138,11 @@ def load_param_store_state(state: dict) -> None:
         )
 
 
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("number" if k is float else k.__name__ for k in kinds)
+
+
 def _damaged(path: Path, what: str) -> CLIError:
     return CLIError(
         f"{path} {what}; it was not written whole by pyro-discrete fit (which replaces its "
@@ -167,7 +172,7 @@ def read_config(run_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise _damaged(path, "does not hold a JSON object")
     wrong = [
-        f"{key} ({kind.__name__})"
+        f"{key} ({_type_name(kind)})"
         for key, kind in _CONFIG_FIELDS.items()
         if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)
     ]
@@ -182,16 +187,16 @@ def write_config(run_dir: Path, config: dict) -> None:
 
 def _read_error(path: Path, error: Exception) -> CLIError:
     text = str(error)
-    unsupported = re.search(r"Unsupported global: [^\n]*", text)
+    unsupported = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
     if unsupported:
         # torch's own advice here (weights_only=False) would run whatever code the file holds
         return CLIError(
-            f"{path} holds Python objects other than tensors ({unsupported.group(0).strip()}); "
-            "pyro-discrete checkpoints hold tensors and plain values only, and loading other "
+            f"{path} holds a Python object ({unsupported.group(1)}), not only tensors; "
+            "pyro-discrete checkpoints hold tensors and plain values, and loading other "
             "objects could run code, so it is not loaded"
         )
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    if "weights_only" in first:
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    if not first or "weights_only" in first:
         first = type(error).__name__
     return _damaged(path, f"is truncated or damaged (torch.load: {first})")
 
