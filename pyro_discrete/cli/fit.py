@@ -185,16 +185,10 @@ def _interrupted(run: RunState, writer: _Writer, signum: int, out: Path) -> int:
     return 128 + signum
 
 
-def _train(
-    args: argparse.Namespace,
-    out: Path,
-    config: dict,
-    task: Task,
-    device: torch.device,
-    checkpoint: dict | None,
-) -> int:
-    """Train to ``config["steps"]`` from ``checkpoint`` (or from scratch), then summarise."""
-    steps = config["steps"]
+def _start_run(
+    out: Path, config: dict, task: Task, device: torch.device, checkpoint: dict | None
+) -> RunState:
+    """A new run from the config, continued from ``checkpoint`` if one is given."""
     run = new_run(
         task,
         config["estimator"],
@@ -208,12 +202,16 @@ def _train(
         try:
             _restore(run, checkpoint, out, config, device)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else ""
             raise CLIError(
-                f"{out / rundir.CHECKPOINT} does not fit this run "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                "start again with --overwrite"
+                f"{out / rundir.CHECKPOINT} does not fit this run ({type(e).__name__}: "
+                f"{first}); start again with --overwrite"
             ) from None
-    writer = _Writer(out, config, None if checkpoint is None else run.step)
+    return run
+
+
+def _train_until(args: argparse.Namespace, run: RunState, writer: _Writer, steps: int) -> int:
+    """Train to ``steps``, saving as it goes; the signal that stopped it early, or 0."""
 
     def on_step(run: RunState) -> None:
         if run.step % args.checkpoint_every == 0 and run.step < steps:
@@ -223,13 +221,8 @@ def _train(
             writer.flush_metrics(run)
             run.excluded += time.perf_counter() - t0
 
-    print(
-        f"fit: {config['model']} with {config['estimator']} on {task.data_name}, "
-        f"steps {run.step} -> {steps}, output {out}",
-        file=sys.stderr,
-    )
     with StopRequest() as stop:
-        bar = progress_bar(steps, run.step, config["estimator"], not args.no_progress)
+        bar = progress_bar(steps, run.step, run.name, not args.no_progress)
         try:
             advance(
                 run, steps, bar=bar, on_step=on_step, log_every=args.log_every, stop=stop.requested
@@ -238,8 +231,28 @@ def _train(
             bar.close()
         if writer.saved_step != run.step and run.step > 0:
             writer.save(run)
-        if stop.signum is not None:
-            return _interrupted(run, writer, stop.signum, out)
+    return stop.signum or 0
+
+
+def _train(
+    args: argparse.Namespace,
+    out: Path,
+    config: dict,
+    task: Task,
+    device: torch.device,
+    checkpoint: dict | None,
+) -> int:
+    """Train to ``config["steps"]`` from ``checkpoint`` (or from scratch), then summarise."""
+    run = _start_run(out, config, task, device, checkpoint)
+    writer = _Writer(out, config, None if checkpoint is None else run.step)
+    print(
+        f"fit: {config['model']} with {config['estimator']} on {task.data_name}, "
+        f"steps {run.step} -> {config['steps']}, output {out}",
+        file=sys.stderr,
+    )
+    signum = _train_until(args, run, writer, config["steps"])
+    if signum:
+        return _interrupted(run, writer, signum, out)
     summary = _summarise(run, task, out, args.eval_examples, device)
     print(
         f"valid ELBO {summary['valid_elbo']:.2f} nats ({summary['valid_examples']} examples, "
