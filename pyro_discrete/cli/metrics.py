@@ -77,7 +77,9 @@ def truncate_metrics(path: Path, step: int) -> None:
             )
         if row_step <= step:
             kept.append(row + "\n")
-    atomic_write_text(path, HEADER + "\n" + "".join(kept))
+    kept_text = HEADER + "\n" + "".join(kept)
+    if kept_text != text:  # a file that needs no change is left alone, time stamp included
+        atomic_write_text(path, kept_text)
 
 
 def append_rows(path: Path, history: list[dict]) -> None:
