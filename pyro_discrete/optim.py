@@ -84,14 +84,23 @@ class MultiTensorAdam(PyroOptim):
             self._optimizer.step()
 
     def get_state(self) -> dict:
-        """Per-parameter Adam state keyed by param-store name (for ``SVI`` checkpoints)."""
-        if self._optimizer is None:
-            return {}
-        store = pyro.get_param_store()
-        return {
-            store.param_name(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
-            for p, s in self._optimizer.state.items()
+        """Per-parameter Adam state keyed by param-store name (for ``SVI`` checkpoints).
+
+        State given to :meth:`set_state` that no step has consumed yet (a parameter not
+        stepped since a checkpoint was loaded) is part of it, so that saving right after
+        loading gives back what was loaded.
+        """
+        state = {
+            name: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+            for name, s in self._state_waiting_to_be_consumed.items()
         }
+        if self._optimizer is not None:
+            store = pyro.get_param_store()
+            for p, s in self._optimizer.state.items():
+                state[store.param_name(p)] = {
+                    k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()
+                }
+        return state
 
     def set_state(self, state_dict: dict) -> None:
         self._state_waiting_to_be_consumed.update(state_dict)

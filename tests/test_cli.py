@@ -1,78 +1,24 @@
 """The pyro-discrete command line: exit codes and messages on bad input, and tiny real runs."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pyro
 import pytest
 import torch
+from cli_support import FIT, run_main, run_subprocess
 
 from pyro_discrete import cli
 from pyro_discrete.datasets import mnist as mnist_module
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("PYRO_DISCRETE_CACHE")
-    os.environ["PYRO_DISCRETE_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("PYRO_DISCRETE_CACHE", None)
-    else:
-        os.environ["PYRO_DISCRETE_CACHE"] = old
-
 
 @pytest.fixture(autouse=True)
-def isolate(cache):
+def isolate(data_cache):
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: threads only add contention on a shared machine
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
     torch.set_num_threads(old)
-
-
-def run_main(capsys, *argv):
-    code = cli.main([*argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def run_subprocess(cache, *argv, timeout=300):
-    env = {
-        **os.environ,
-        "PYRO_DISCRETE_CACHE": str(cache),
-        "OMP_NUM_THREADS": "1",
-        "MPLBACKEND": "Agg",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pyro_discrete.cli", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-FIT = [
-    "fit",
-    "--steps",
-    "6",
-    "--checkpoint-every",
-    "3",
-    "--eval-examples",
-    "20",
-    "--no-progress",
-    "--log-every",
-    "2",
-]
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -131,7 +77,7 @@ def test_argparse_rejects_nonsense(capsys):
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory, cache):
+def fitted(tmp_path_factory, data_cache):
     out = tmp_path_factory.mktemp("runs") / "fit"
     pyro.clear_param_store()
     assert cli.main([*FIT, "--estimator", "nvil", "--out", str(out)]) == 0
@@ -216,7 +162,7 @@ def test_evaluate_bad_checkpoints(capsys, fitted, tmp_path):
     assert code == 2 and "does not fit model 'sbn_linear2'" in err
 
 
-def test_resume_continues_exactly(cache, tmp_path):
+def test_resume_continues_exactly(data_cache, tmp_path):
     """Stopping after 3 steps and resuming gives bit-identical parameters and control-variate
     state to an uninterrupted run (separate processes, as a real resume would be)."""
     common = [
@@ -235,7 +181,7 @@ def test_resume_continues_exactly(cache, tmp_path):
         [*common, "--steps", "3", "--out", str(b)],
         [*common, "--steps", "6", "--out", str(b), "--resume"],
     ):
-        proc = run_subprocess(cache, *argv)
+        proc = run_subprocess(data_cache, *argv)
         assert proc.returncode == 0, proc.stderr[-2000:]
     ca = torch.load(a / "checkpoint.pt", weights_only=True)
     cb = torch.load(b / "checkpoint.pt", weights_only=True)

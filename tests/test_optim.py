@@ -56,3 +56,16 @@ def test_per_parameter_rates_and_checkpoint_state():
     SVI(model, guide, fresh, DiscreteELBO("rebar")).step()
     step_counts = [float(s["step"]) for s in fresh._optimizer.state.values()]
     assert min(step_counts) == 4  # resumed from the saved moments, not from zero
+
+
+def test_state_loaded_but_not_yet_stepped_is_saved_again():
+    # a checkpoint loaded and saved again before any step (a no-op resume) keeps its moments
+    pyro.clear_param_store()
+    optim = MultiTensorAdam({"lr": 0.1})
+    saved = {
+        "l": {"step": torch.tensor(7.0), "exp_avg": torch.ones(()), "exp_avg_sq": torch.ones(())}
+    }
+    optim.set_state(saved)
+    state = optim.get_state()
+    assert set(state) == {"l"} and float(state["l"]["step"]) == 7
+    assert state["l"]["exp_avg"] is not saved["l"]["exp_avg"]  # a copy, not the loaded tensor

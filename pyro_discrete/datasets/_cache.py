@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-import torch
+from pyro_discrete import _io
 
-__all__ = ["cache_dir", "atomic_torch_save", "file_sha256"]
+__all__ = ["cache_dir", "cache_location", "atomic_torch_save", "file_sha256"]
 
 _ENV = "PYRO_DISCRETE_CACHE"
 
@@ -21,29 +20,27 @@ def cache_dir() -> Path:
     It is created on first use. The environment variable is read on every call so that
     tests and users can redirect the cache without restarting the interpreter.
     """
-    root = os.environ.get(_ENV)
-    path = Path(root).expanduser() if root else Path.home() / ".cache" / "pyro_discrete"
+    path = cache_location()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_location() -> Path:
+    """Where :func:`cache_dir` is, without creating it (to name it in error messages)."""
+    root = os.environ.get(_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "pyro_discrete"
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
     """``torch.save`` to a temporary file in the same directory, then rename.
 
     Several processes (pytest-xdist workers, parallel runs) may fill the same cache entry at
-    once; renaming makes each writer's file appear whole or not at all.
+    once; renaming makes each writer's file appear whole or not at all
+    (:func:`pyro_discrete._io.atomic_torch_save`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _io.atomic_torch_save(obj, path)
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,212 @@
+"""The training loop shared by ``fit`` and ``compare``: a run's state and how it advances."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from torch import nn
+
+from pyro_discrete.datasets import MinibatchIterator
+from pyro_discrete.infer import DiscreteELBO
+from pyro_discrete.optim import MultiTensorAdam
+
+from .errors import Interrupted
+from .tasks import Task, make_elbo, make_optimizer
+
+__all__ = [
+    "EMA",
+    "StopRequest",
+    "RunState",
+    "advance",
+    "new_run",
+    "progress_bar",
+    "register_modules",
+]
+
+
+class EMA:
+    r"""Bias-corrected exponential moving average, as Adam corrects its moments:
+    :math:`m_t = \beta m_{t-1} + (1 - \beta) x_t`, reported as :math:`m_t / (1 - \beta^t)`."""
+
+    def __init__(self, decay: float = 0.98):
+        self.decay, self.value, self.count = decay, 0.0, 0
+
+    def update(self, x: float) -> float:
+        self.count += 1
+        self.value = self.decay * self.value + (1 - self.decay) * x
+        return self.value / (1 - self.decay**self.count)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "value": self.value, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.value, self.count = state["decay"], state["value"], state["count"]
+
+
+class StopRequest:
+    """Within its ``with`` block, ``SIGINT`` and ``SIGTERM`` ask the training loop to stop.
+
+    The first signal only sets :attr:`signum`: the loop finishes its step, so the caller can
+    save a consistent checkpoint. A second signal stops at once (``Interrupted``). Outside
+    the main thread signals cannot be handled, and the block changes nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr (disabled: a no-op with the same interface)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        disable=not enabled,
+        mininterval=0.5,
+        dynamic_ncols=True,
+        leave=True,
+        file=sys.stderr,
+    )
+
+
+@dataclass
+class RunState:
+    """A training run in progress: model, loss, optimiser and data position."""
+
+    task: Task
+    model: nn.Module
+    elbo: DiscreteELBO
+    optim: MultiTensorAdam
+    loader: MinibatchIterator
+    name: str = ""
+    step: int = 0
+    elapsed: float = 0.0
+    #: time spent in ``on_step`` callbacks on evaluation, not counted as training time
+    excluded: float = 0.0
+    #: training time of step 1 (estimators build caches and networks on their first step)
+    first_step_s: float | None = None
+    history: list[dict] = field(default_factory=list)
+    ema: EMA = field(default_factory=EMA)
+    smoothed: float = float("nan")
+
+    @property
+    def train_time(self) -> float:
+        return self.elapsed - self.excluded
+
+    @property
+    def svi(self) -> pyro.infer.SVI:
+        return pyro.infer.SVI(self.model.model, self.model.guide, self.optim, loss=self.elbo)
+
+
+def _show_progress(bar, run: RunState) -> None:
+    rate = run.step / run.train_time if run.train_time > 0 else float("nan")
+    bar.set_postfix(
+        estimator=run.name, elbo=f"{run.smoothed:.2f}", steps_per_s=f"{rate:.1f}", refresh=False
+    )
+
+
+def advance(
+    run: RunState,
+    until: int,
+    *,
+    bar=None,
+    log_every: int = 50,
+    on_step: Callable[[RunState], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Run SVI until ``run.step == until``; ``on_step`` runs after every step.
+
+    Stops early, between steps, once ``stop()`` is true.
+
+    ``run.elapsed`` accumulates only the time spent here, so runs that take turns (see
+    :func:`~pyro_discrete.cli.compare.run_compare`) each count their own training time.
+
+    :raises FloatingPointError: when the loss is not finite.
+    """
+    svi = run.svi
+    start = time.perf_counter() - run.elapsed
+    while run.step < until:
+        batch = run.loader.next_batch()
+        loss = svi.step(*run.task.args(batch))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{run.name}: loss became {loss} at step {run.step + 1}")
+        run.step += 1
+        run.elapsed = time.perf_counter() - start
+        if run.step == 1:
+            run.first_step_s = run.train_time
+        run.smoothed = -run.ema.update(loss / batch.shape[0])
+        if run.step % log_every == 0 or run.step == until:
+            run.history.append(
+                {"step": run.step, "wall_time_s": run.train_time, "train_elbo_ema": run.smoothed}
+            )
+            if bar is not None:
+                _show_progress(bar, run)
+        if bar is not None:
+            bar.update(1)
+        if on_step is not None:
+            on_step(run)
+            # the callback's own time is on the clock now; it subtracts what it excludes
+            run.elapsed = time.perf_counter() - start
+        if stop is not None and stop():
+            return
+
+
+def new_run(
+    task: Task,
+    estimator: str,
+    lr: float,
+    cv_factor: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    init_state: dict | None = None,
+) -> RunState:
+    """A fresh run: cleared param store, seeded RNG, a new model (or ``init_state``)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model = task.build_model()
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(device)
+    loader = task.loader(batch_size, seed, device)
+    return RunState(
+        task, model, make_elbo(estimator), make_optimizer(lr, cv_factor), loader, name=estimator
+    )
+
+
+def register_modules(model: nn.Module, args: tuple) -> None:
+    """One trace of guide and model, which registers their modules with the param store."""
+    with torch.no_grad():
+        tr = pyro.poutine.trace(model.guide).get_trace(*args)
+        pyro.poutine.trace(pyro.poutine.replay(model.model, trace=tr)).get_trace(*args)
