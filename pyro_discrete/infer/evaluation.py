@@ -183,6 +183,10 @@ def base_pass(
     return model_trace, guide_trace, recorder
 
 
+#: steps with an all-zero relaxed-value gradient before a site is warned about
+ZERO_GRADIENT_PATIENCE = 10
+
+
 @dataclass
 class StructureInfo:
     """What is found once per trace structure and reused by later steps."""
@@ -191,7 +195,8 @@ class StructureInfo:
     direct: dict[CostKey, frozenset] | None = None
     #: sites whose relaxed value was checked to reach the costs that depend on it
     checked: set[str] = field(default_factory=set)
-    warned: bool = False
+    #: steps at which a site's dependent model terms had an all-zero gradient
+    zero_gradient_steps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -291,6 +296,7 @@ class Evaluation:
             return
         self.structure.checked.add(site.name)
         direct = self.direct_deps()
+        all_zero = False
         for cost in costs:
             if cost.key[1] == site.name or site.name not in direct.get(cost.key, ()):
                 continue
@@ -312,17 +318,24 @@ class Evaluation:
                     "infer={'estimator': 'rloo'} (or 'reinforce', 'nvil')"
                 )
             # A guide term of a reparameterised site can legitimately have zero gradient
-            # (its value moves with its location); a model term cannot be told apart from
-            # a model that rounds the value, so it is only warned about.
-            if role == MODEL and not bool(grad.ne(0).any()):
-                warnings.warn(
-                    f"{role} site '{name}' depends on guide site '{site.name}' but its "
-                    f"gradient in the relaxed value is exactly zero (e.g. torch.round): "
-                    f"estimator '{site.estimator.name}' gives '{site.name}' no learning "
-                    "signal from it",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            # (its value moves with its location), and so can a model at its start (weights
+            # initialised at 0); a model that rounds the value stays at zero. Look again at
+            # later steps and warn only when it persists.
+            all_zero = all_zero or (role == MODEL and not bool(grad.ne(0).any()))
+        if all_zero:
+            steps = self.structure.zero_gradient_steps.get(site.name, 0) + 1
+            self.structure.zero_gradient_steps[site.name] = steps
+            if steps < ZERO_GRADIENT_PATIENCE:
+                self.structure.checked.discard(site.name)
+                return
+            warnings.warn(
+                f"the model's terms that depend on guide site '{site.name}' have had an "
+                f"exactly zero gradient in its relaxed value for {steps} steps (e.g. "
+                f"torch.round of the value): estimator '{site.estimator.name}' gives "
+                f"'{site.name}' no learning signal from them",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def direct_deps(self) -> dict[CostKey, frozenset]:
         if self.structure.direct is None:

@@ -130,3 +130,42 @@ def test_a_subclass_without_a_name_does_not_register():
         pass
 
     assert ESTIMATOR_CLASSES == before
+
+
+def _rounding_model(y):
+    with pyro.plate("d", 3):
+        z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(3)))
+        pyro.sample("y", dist.Normal(torch.round(z), 1.0), obs=y)
+
+
+def _zero_weight_model(y):
+    w = pyro.param("w", torch.tensor(0.0))
+    with pyro.plate("d", 3):
+        z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(3)))
+        pyro.sample("y", dist.Normal(w * z, 1.0), obs=y)
+
+
+def _bernoulli_guide(y):
+    with pyro.plate("d", 3):
+        pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.zeros(3))))
+
+
+def test_a_persistent_zero_gradient_in_the_relaxed_value_is_warned_about():
+    import warnings
+
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    y = torch.tensor([1.0, 0.0, 2.0])
+    pyro.clear_param_store()
+    svi = SVI(_rounding_model, _bernoulli_guide, Adam({"lr": 0.1}), DiscreteELBO("rebar"))
+    with pytest.warns(RuntimeWarning, match="exactly zero gradient.*'z'"):
+        for _ in range(10):
+            svi.step(y)
+    # a model whose weight starts at 0 is not warned about: its gradient appears
+    pyro.clear_param_store()
+    svi = SVI(_zero_weight_model, _bernoulli_guide, Adam({"lr": 0.1}), DiscreteELBO("rebar"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(12):
+            svi.step(y)
