@@ -24,6 +24,7 @@ test what they are about; :func:`test_pyro_elbo_arguments_are_accepted` pins ite
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from contextlib import ExitStack, nullcontext
 
@@ -51,7 +52,7 @@ NO_DECAYING_AVERAGE = [
 
 # A non-reparameterised Normal guide site: refused by every estimator that needs a
 # relaxation, with a message naming the site and its distribution.
-_NORMAL_SITE = r"site '{site}'.*Normal"
+_NORMAL_SITE = r"site '{site}'.*Normal.*'(reinforce|nvil|rloo)'"
 _ONE_PARTICLE = (ValueError, r"'{est}' needs num_particles >= 2")
 _ENUMERATE = (SiteError, r"guide site 'x' is marked infer=\{'enumerate'")
 _DECAYING = (SiteError, r"site 'loc_latent_\d' sets infer=.*use_decaying_avg_baseline")
@@ -1369,3 +1370,62 @@ def test_conjugate_chain_gradients(est, reparameterized, n):
     expected = {name: torch.zeros_like(grad) for name, grad in actual.items()}
     assert len(expected) == 3 * n - 1
     _assert_grads(actual, expected, est, variant, prec=0.10)
+
+
+# ---------------------------------------------------------------------------------------
+# What the port found beyond the cases themselves
+# ---------------------------------------------------------------------------------------
+
+
+def _bernoulli_model():
+    pyro.sample("z", dist.Bernoulli(torch.tensor(0.3)))
+
+
+def _bernoulli_guide():
+    pyro.sample("z", dist.Bernoulli(logits=pyro.param("logits", torch.tensor(0.0))))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 5: DiscreteELBO(**estimator_options) takes Pyro's ELBO arguments "
+    "for estimator options and raises 'unknown option(s)'",
+)
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_pyro_elbo_arguments_are_accepted(est):
+    """Item 5: Pyro's own ``ELBO`` keyword arguments are accepted (and kept) as Pyro keeps
+    them; estimator options are still checked."""
+    num_particles = 2 if est in MULTI_SAMPLE else 1
+    elbo = DiscreteELBO(
+        est,
+        num_particles=num_particles,
+        strict_enumeration_warning=False,
+        ignore_jit_warnings=True,
+        retain_graph=None,
+    )
+    assert elbo.strict_enumeration_warning is False
+    assert elbo.ignore_jit_warnings is True
+    assert math.isfinite(SVI(_bernoulli_model, _bernoulli_guide, Adam({"lr": 0.1}), elbo).step())
+    with pytest.raises((TypeError, ValueError), match="not_an_option"):
+        DiscreteELBO(est, num_particles=num_particles, strict_enumeration_warning=False, not_an_option=1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: the arm/disarm refusal of a Normal site advises rebar or relax, "
+    "which refuse it too",
+)
+@pytest.mark.parametrize("est", ["arm", "disarm"])
+def test_antithetic_refusal_of_a_normal_site_advises_a_score_function_estimator(est):
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("z", fakes.NonreparameterizedNormal(loc, 1.0))
+
+    with pytest.raises(SiteError) as info:
+        SVI(model, guide, Adam({"lr": 0.1}), DiscreteELBO(est)).step()
+    message = str(info.value)
+    assert "'z'" in message and "NonreparameterizedNormal" in message
+    assert re.search(r"'(reinforce|nvil|rloo)'", message)
+    assert not re.search(r"rebar|relax|gumbel", message), message
