@@ -69,14 +69,14 @@ EXPECTED_REFUSALS: dict[tuple[str, str], tuple[type[Exception], str]] = {
     **_normal_refusals("test_not_has_rsample_ok", "z"),
     **{("test_enum_discrete_misuse_warning[enumerated]", est): _ENUMERATE for est in ESTIMATORS},
     **{
-        (f"test_obs_mask_ok[num_particles=1]", est): (
+        ("test_obs_mask_ok[num_particles=1]", est): (
             _ONE_PARTICLE[0],
             _ONE_PARTICLE[1].format(est=est),
         )
         for est in MULTI_SAMPLE
     },
     **{
-        (f"test_obs_mask_multivariate_ok[num_particles=1]", est): (
+        ("test_obs_mask_multivariate_ok[num_particles=1]", est): (
             _ONE_PARTICLE[0],
             _ONE_PARTICLE[1].format(est=est),
         )
@@ -489,14 +489,20 @@ def test_plate_no_size_ok(est):
 
 def _iplate_iplate(swap: bool, subsample_size):
     def model():
-        outer, inner = pyro.plate("plate_0", 3, subsample_size), pyro.plate("plate_1", 3, subsample_size)
+        outer, inner = (
+            pyro.plate("plate_0", 3, subsample_size),
+            pyro.plate("plate_1", 3, subsample_size),
+        )
         for i in outer:
             for j in inner:
                 pyro.sample(f"x_{i}_{j}", dist.Bernoulli(torch.tensor(0.5)))
 
     def guide():
         p = pyro.param("p", torch.tensor(0.5, requires_grad=True))
-        outer, inner = pyro.plate("plate_0", 3, subsample_size), pyro.plate("plate_1", 3, subsample_size)
+        outer, inner = (
+            pyro.plate("plate_0", 3, subsample_size),
+            pyro.plate("plate_1", 3, subsample_size),
+        )
         if swap:
             for j in inner:
                 for i in outer:
@@ -1406,7 +1412,9 @@ def test_pyro_elbo_arguments_are_accepted(est):
     assert elbo.ignore_jit_warnings is True
     assert math.isfinite(SVI(_bernoulli_model, _bernoulli_guide, Adam({"lr": 0.1}), elbo).step())
     with pytest.raises((TypeError, ValueError), match="not_an_option"):
-        DiscreteELBO(est, num_particles=num_particles, strict_enumeration_warning=False, not_an_option=1)
+        DiscreteELBO(
+            est, num_particles=num_particles, strict_enumeration_warning=False, not_an_option=1
+        )
 
 
 @pytest.mark.xfail(
