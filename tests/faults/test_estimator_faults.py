@@ -13,6 +13,7 @@ fault; the tally on the code this suite was written against is :data:`TALLY`.
 from __future__ import annotations
 
 import math
+import re
 
 import pyro
 import pyro.distributions as dist
@@ -125,7 +126,7 @@ def test_nan_observation_is_refused_naming_the_site(est):
     svi = svi_for(est)
     svi.step(DATA)
     before = snapshot()
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises((ValueError, FloatingPointError), match="'x'"):
         svi.step(torch.tensor([0.0, math.nan, 2.0, 3.0]))
     assert_unchanged(before)
 
@@ -402,7 +403,7 @@ def test_indexing_with_the_sample_is_refused_under_a_relaxation(est, form):
     svi = SVI(indexed_model, indexed_guide, Adam({"lr": 0.05}), make_elbo(est))
     with pytest.raises(SiteError, match="'z'") as info:
         svi.step(_observations(form))
-    assert "estimator" in str(info.value)
+    assert re.search(r"'(reinforce|nvil|rloo)'|differentiab", str(info.value)), info.value
 
 
 @pytest.mark.parametrize("form", list(DIFFERENTIABLE_MODELS))
