@@ -483,11 +483,9 @@ def test_constant_guide_logits_under_rebar_and_relax(est):
             pyro.sample("z", dist.Bernoulli(logits=torch.zeros(len(x), 3)).to_event(1))
 
     svi = SVI(model, constant_guide, Adam({"lr": 0.05}), make_elbo(est))
-    w_before = None
     for _ in range(3):
         assert math.isfinite(svi.step(DATA))
-        w_before = w_before if w_before is not None else pyro.param("w").item()
-    assert pyro.param("w").item() != 1.0
+    assert pyro.param("w").item() != 1.0  # the model's parameter was trained
     assert_all_finite()
 
 
