@@ -244,6 +244,8 @@ def _train(
 ) -> int:
     """Train to ``config["steps"]`` from ``checkpoint`` (or from scratch), then summarise."""
     run = _start_run(out, config, task, device, checkpoint)
+    if run.step < config["steps"]:
+        (out / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
     writer = _Writer(out, config, None if checkpoint is None else run.step)
     print(
         f"fit: {config['model']} with {config['estimator']} on {task.data_name}, "
@@ -286,8 +288,6 @@ def _resume(args: argparse.Namespace, out: Path, device: torch.device) -> int:
     updated = {**config, "steps": steps, "device": str(device)}
     if updated != config:
         rundir.write_config(out, updated)
-    if steps > checkpoint["step"]:
-        (out / rundir.SUMMARY).unlink(missing_ok=True)  # unfinished until it ends
     return _train(args, out, updated, task, device, checkpoint)
 
 
