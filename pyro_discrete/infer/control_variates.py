@@ -22,6 +22,8 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from pyro_discrete.infer.sites import SiteError
+
 PREFIX = "pyro_discrete/"
 
 
@@ -96,19 +98,17 @@ def registered_module(
     """Build a control-variate network once per name and register it with Pyro.
 
     ``cache`` belongs to the estimator object. A network is rebuilt when the param store
-    no longer holds it (after ``pyro.clear_param_store()``: a fresh start), when its input
-    width no longer fits, or when the device changes. ``update_module_params=True`` loads
-    values already in the store, so a network rebuilt after
-    ``pyro.get_param_store().load(...)`` resumes where it was.
+    no longer holds it (after ``pyro.clear_param_store()``: a fresh start) or when the
+    device changes. ``update_module_params=True`` loads values already in the store, so a
+    network rebuilt after ``pyro.get_param_store().load(...)`` resumes where it was. Inputs
+    of another width than the stored network's raise a :class:`SiteError` naming the site:
+    a trained network cannot take them.
     """
+    store = pyro.get_param_store()
     module = cache.get(name)
     if module is not None:
         first_name, first = next(iter(module.named_parameters()))
-        if (
-            f"{name}$$${first_name}" not in pyro.get_param_store()
-            or first.device != like.device
-            or first.shape[-1] != like.shape[-1]
-        ):
+        if f"{name}$$${first_name}" not in store or first.device != like.device:
             module = None
     if module is None:
         # Seeded by the name, off the global random stream: a network rebuilt in a fresh
@@ -118,6 +118,17 @@ def registered_module(
             module = build()
         module = module.to(dtype=like.dtype, device=like.device)
         cache[name] = module
+    first_name, first = next(iter(module.named_parameters()))
+    stored = f"{name}$$${first_name}"
+    width = store[stored].shape[-1] if stored in store else first.shape[-1]
+    if width != like.shape[-1]:
+        site = name.split("/")[2] if name.count("/") >= 3 else name
+        raise SiteError(
+            f"site '{site}': control-variate network '{name}' takes inputs of width {width} "
+            f"but the site now gives {like.shape[-1]} (its event block changed size between "
+            "steps): put the dimension that changes (e.g. the batch) in a pyro.plate, where "
+            "the network runs per element, or keep the site's event shape fixed"
+        )
     return pyro.module(name, module, update_module_params=True)
 
 

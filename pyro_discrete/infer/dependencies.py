@@ -15,13 +15,18 @@ and reads the provenance of every log-density (Wingate et al. 2011, as Pyro's
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import warnings
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import extract_provenance, get_provenance, track_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
+from torch.overrides import TorchFunctionMode
 
 from pyro_discrete.infer.sites import log_prob
 
@@ -58,6 +63,37 @@ def preserved_rng():
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state(cuda)
+
+
+_HOST_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__"})
+
+
+class _HostReads(TorchFunctionMode):
+    """Records the discrete sites whose values the program reads on the host (``z.item()``,
+    ``if z:``, ``int(z)``): Python control flow on them is invisible to provenance."""
+
+    def __init__(self, names: frozenset):
+        super().__init__()
+        self.names = names
+        self.read: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in _HOST_READS and args and _called_by_user():
+            self.read |= get_provenance(args[0]) & self.names
+        return func(*args, **(kwargs or {}))
+
+
+_DISPATCH = (os.path.join("torch", "overrides.py"), os.path.join("torch", "_tensor.py"))
+_LIBRARIES = tuple(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro))
+
+
+def _called_by_user() -> bool:
+    """Whether the code reading a value on the host is the user's (not torch's or Pyro's
+    own argument validation, which checks values with ``bool()``)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.endswith(_DISPATCH):
+        frame = frame.f_back
+    return frame is None or not frame.f_code.co_filename.startswith(_LIBRARIES)
 
 
 class _TrackDiscrete(Messenger):
@@ -105,10 +141,26 @@ def dependency_map(
     model, guide, args, kwargs, guide_trace: Trace, names: frozenset, inherit: bool = True
 ) -> dict[CostKey, frozenset]:
     """For each cost term ``(role, site name)``, the discrete sites whose values it depends
-    on (``inherit=False``: directly, see the module docstring)."""
-    with preserved_rng(), poutine.block(), _TrackDiscrete(names, inherit):
+    on (``inherit=False``: directly, see the module docstring).
+
+    A discrete value read on the host by the model or guide (Python control flow such as
+    ``if z.item() == 1``) is a dependence provenance cannot follow: it is warned about,
+    naming the site.
+    """
+    host = _HostReads(names)
+    with preserved_rng(), poutine.block(), _TrackDiscrete(names, inherit), host:
         tracked_model, tracked_guide = replay_guide_then_model(
             model, guide, args, kwargs, guide_trace
+        )
+    for name in sorted(host.read):
+        warnings.warn(
+            f"DiscreteELBO: the model or guide reads the value of discrete site '{name}' on "
+            "the host (.item(), bool(), int(), float()): Python control flow on a sampled "
+            "value is invisible to the estimator, whose learning signal then misses what "
+            "depends on it. Write the dependence as tensor arithmetic (torch.where, one-hot "
+            "products), or ignore this if the value is only logged",
+            RuntimeWarning,
+            stacklevel=5,
         )
     deps = {}
     for role, trace in ((MODEL, tracked_model), (GUIDE, tracked_guide)):

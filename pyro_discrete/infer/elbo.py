@@ -38,7 +38,6 @@ from pyro_discrete.infer.adapters import SiteEstimator, Terms, make_estimator
 from pyro_discrete.infer.dependencies import (
     dependency_map,
     preserved_rng,
-    replay_guide_then_model,
     structure_key,
 )
 from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
@@ -79,8 +78,9 @@ class DiscreteELBO(ELBO):
     :param bool cache_dependencies: find which costs depend on which site once per trace
         structure (site names, shapes, plates) instead of every step. Data flow is read by
         provenance tracking, which sees tensor operations only: Python control flow on a
-        sampled value (``if z.item() == 1``) is invisible either way, and a site that no
-        other cost depends on gets a warning.
+        sampled value (``if z.item() == 1``) is invisible either way (such host reads of a
+        discrete value are detected and warned about, naming the site), and data flow that
+        changes with the sampled values needs ``cache_dependencies=False``.
     :param dict estimator_options: options of the chosen estimator (see its class), e.g.
         ``{"temperature": 0.5, "learn_control_variates": False}`` for ``"rebar"``; they may
         also be passed as extra keyword arguments.
@@ -180,7 +180,6 @@ class DiscreteELBO(ELBO):
             names = frozenset(recorded.sites)
             deps = dependency_map(model, guide, args, kwargs, guide_trace, names)
             structure = StructureInfo(deps)
-            _warn_unused_sites(names, deps)
             if self.cache_dependencies:
                 self._structures[key] = structure
         particle_frame = None
@@ -244,7 +243,8 @@ class DiscreteELBO(ELBO):
         else:
             terms = Terms(surrogate=ev.pathwise_surrogate())
             for site in ev.sites.values():
-                if site.has_parameters:
+                # nothing to estimate for a constant distribution or an empty batch
+                if site.has_parameters and site.value.numel():
                     terms += site.estimator.site_terms(ev, site)
             # particle-summed costs are averaged
             elbo, loss = ev.elbo() / ev.num_particles, terms.loss() / ev.num_particles
@@ -301,19 +301,17 @@ class DiscreteELBO(ELBO):
         return -float(elbo)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """Minus the ELBO (or, for VIMCO, the K-sample bound) from hard samples, no grads."""
+        """Minus the ELBO estimate of the base pass (for VIMCO, the K-sample bound; for
+        ``"gumbel"``, the relaxed objective), without gradients: the value
+        :meth:`loss_and_grads` returns, from the same draws at the same seed."""
         with torch.no_grad():
             if self.estimator.model_level:
                 elbo, _, _ = self._particle_step(model, guide, args, kwargs)
                 return -float(elbo)
-            total = 0.0
             runs = 1 if self.vectorize_particles else self.num_particles
-            model, guide = self._wrap(model, guide, args, kwargs)
-            for _ in range(runs):
-                with poutine.block():
-                    model_trace, guide_trace = replay_guide_then_model(model, guide, args, kwargs)
-                costs = cost_terms(model_trace, guide_trace)
-                total += float(sum(c.value.sum() for c in costs))
+            total = sum(
+                float(self._evaluate(model, guide, args, kwargs).elbo()) for _ in range(runs)
+            )
             value = -total / self.num_particles
             if self.check_finite and not _finite(value):
                 warnings.warn(
@@ -372,20 +370,3 @@ def _check_finite_grads() -> None:
         "is not finite (a log-density whose derivative overflows, e.g. log of a probability "
         "that reaches 0 or 1; check the model and the learning rate)"
     )
-
-
-def _warn_unused_sites(names: frozenset, deps: dict) -> None:
-    """Warn about discrete sites that no other cost term depends on: their value is either
-    unused or used through Python control flow, which provenance tracking cannot see."""
-    used = set()
-    for (_, cost_site), depends_on in deps.items():
-        used |= {name for name in depends_on if name != cost_site}
-    for name in sorted(names - used):
-        warnings.warn(
-            f"DiscreteELBO: no cost term other than its own depends on discrete site '{name}'. "
-            "If the model branches on its value in Python (e.g. `if z.item() == 1:`), that "
-            "dependence is invisible to the estimator and the site's gradient is zero: "
-            "write it as tensor arithmetic (torch.where, one-hot products)",
-            RuntimeWarning,
-            stacklevel=4,
-        )

@@ -72,7 +72,12 @@ def cost_terms(model_trace: Trace, guide_trace: Trace, relaxed: bool = False) ->
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or is_subsample(site):
                 continue
-            lp = log_prob(site["fn"], site["value"], relaxed=relaxed and not site["is_observed"])
+            try:
+                lp = log_prob(
+                    site["fn"], site["value"], relaxed=relaxed and not site["is_observed"]
+                )
+            except ValueError as error:  # e.g. a value outside the support: say where
+                raise ValueError(f"{role} site '{name}': {error}") from error
             lp = scale_and_mask(lp, site["scale"], site["mask"])
             terms.append(Cost((role, name), vectorized_frames(site), sign * lp))
     return terms

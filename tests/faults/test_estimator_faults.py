@@ -5,9 +5,9 @@ the site (a :class:`~pyro_discrete.infer.SiteError`, or for non-finite numbers a
 ``ValueError`` subclass / ``FloatingPointError``) raised before the optimizer changes
 anything, or a correct, finite result. Never merely "does not crash".
 
-Defects of today's code (issue 11, and a few found here) are ``xfail(strict=True)`` with
-the item they pin; they are the faults not handled cleanly. Each parametrised case is one
-fault; the tally on the code this suite was written against is :data:`TALLY`.
+Each parametrised case is one fault; :data:`TALLY` counts them. Written against commit
+316d00a, where 89 of them were not handled cleanly (issue 11 items 1-4, 6, 9, 15, and
+changing or empty event blocks under NVIL / RELAX); all are handled now.
 """
 
 from __future__ import annotations
@@ -23,34 +23,20 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 from pyro_discrete.infer import DiscreteELBO, SiteError
-from pyro_discrete.infer import site_estimators as site_estimators_module
-from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES
+from pyro_discrete.infer.adapters import ESTIMATOR_CLASSES, SiteEstimator
 
 ESTIMATORS = list(ESTIMATOR_CLASSES)
 MULTI_SAMPLE = [name for name, cls in ESTIMATOR_CLASSES.items() if cls.multi_sample]
 RELAXATIONS = ["rebar", "relax", "gumbel", "st", "gumbel_rao"]
 
-#: Faults tried (parametrised cases) and handled cleanly (passing) at commit 316d00a; the
-#: 89 strict xfails are the rest. Update when an item is fixed and its mark removed.
-TALLY = {"tried": 258, "handled": 169}
+#: faults tried (parametrised cases) and handled cleanly (passing)
+TALLY = {"tried": 258, "handled": 258}
 
 
 def make_elbo(est: str, **kwargs) -> DiscreteELBO:
     if est in MULTI_SAMPLE:
         kwargs.setdefault("num_particles", 2)
     return DiscreteELBO(estimator=est, **kwargs)
-
-
-def xfail_for(estimators, reason: str):
-    """Parameters over every estimator, those in ``estimators`` marked strict xfail."""
-    return [
-        pytest.param(
-            est,
-            id=est,
-            marks=[pytest.mark.xfail(strict=True, reason=reason)] if est in estimators else [],
-        )
-        for est in ESTIMATORS
-    ]
 
 
 def snapshot() -> dict[str, torch.Tensor]:
@@ -107,20 +93,8 @@ DATA = torch.tensor([0.0, 1.0, 2.0, 3.0])
 # Non-finite data and costs (item 3)
 # ---------------------------------------------------------------------------------------
 
-_ITEM3 = (
-    "issue 11 item 3: a non-finite cost is not caught before the update; parameters and "
-    "control-variate state become NaN without an error naming the cost site"
-)
 
-
-_NAN_DATA = (
-    "issue 11 item 3 (NaN data): torch's support check refuses the value before the "
-    "update but the error does not name site 'x' (Pyro's own ELBOs say 'Error while "
-    "computing log_prob at site'): DiscreteELBO computes log_prob outside the trace"
-)
-
-
-@pytest.mark.parametrize("est", xfail_for(ESTIMATORS, _NAN_DATA))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_nan_observation_is_refused_naming_the_site(est):
     """NaN is outside a Normal's support: refused naming site 'x' before any update."""
     svi = svi_for(est)
@@ -143,24 +117,19 @@ def _assert_refused_before_update(svi, site: str, *args, **kwargs) -> None:
     assert_all_finite()
 
 
-@pytest.mark.parametrize("est", xfail_for(ESTIMATORS, _ITEM3))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_infinite_observation_is_refused_before_the_update(est):
     """``inf`` is in a Normal's support but its log-density is -inf: a non-finite cost at
     site 'x'."""
     _assert_refused_before_update(svi_for(est), "x", torch.tensor([0.0, math.inf, 2.0, 3.0]))
 
 
-@pytest.mark.parametrize("est", xfail_for(ESTIMATORS, _ITEM3))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_minus_infinite_factor_is_refused_before_the_update(est):
     _assert_refused_before_update(svi_for(est), "c", DATA, poison="factor")
 
 
-def _log1p_outcome_defects() -> list[str]:
-    # gumbel scores the model at relaxed values in (0, 1), where log1p(-z) is finite
-    return [est for est in ESTIMATORS if est != "gumbel"]
-
-
-@pytest.mark.parametrize("est", xfail_for(_log1p_outcome_defects(), _ITEM3))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_log1p_at_one_is_refused_or_finite(est):
     """``pyro.factor("c", log1p(-z))`` is -inf wherever a bit is 1 (the guide's logits
     are 4, so some bit is). Hard-sample estimators must refuse naming 'c' before the
@@ -250,14 +219,7 @@ def event_guide(x):
     pyro.sample("z", dist.Bernoulli(logits=logits.expand(len(x), 3)).to_event(2))
 
 
-_EMPTY_EVENT = (
-    "beyond issue 11: NVIL's baseline and RELAX's surrogate network read the whole event "
-    "block as features, so an event dim of size 0 crashes in torch (mat1 and mat2 shapes "
-    "cannot be multiplied) without naming the site"
-)
-
-
-@pytest.mark.parametrize("est", xfail_for(["nvil", "relax"], _EMPTY_EVENT))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_empty_batch_without_a_plate_has_zero_loss(est):
     """The batch as an event dim of size 0 (no plate): the ELBO of no data is exactly 0,
     and the step leaves everything finite; the next real batch trains as usual."""
@@ -269,14 +231,7 @@ def test_empty_batch_without_a_plate_has_zero_loss(est):
     assert_all_finite()
 
 
-_EVENT_WIDTH = (
-    "beyond issue 11: when a site's event block changes size, registered_module builds a "
-    "new network of the new width and pyro.module loads the stored one of the old width "
-    "into it: torch's 'mat1 and mat2 shapes cannot be multiplied', no site named"
-)
-
-
-@pytest.mark.parametrize("est", xfail_for(["nvil", "relax"], _EVENT_WIDTH))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_event_batch_size_may_change_between_steps(est):
     """The batch as an event dim (no plate), 4 then 3 then 4 data: finite steps, or a
     SiteError naming site 'z' (a network over the whole event block cannot take another
@@ -302,14 +257,7 @@ _SINGLE = [est for est in ESTIMATORS if est not in MULTI_SAMPLE]
     "per_site",
     [
         "rloo",
-        pytest.param(
-            "vimco",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 11 item 4: per-site vimco with one particle crashes with "
-                "'TypeError: cannot unpack non-iterable NoneType object'",
-            ),
-        ),
+        "vimco",
     ],
 )
 @pytest.mark.parametrize("est", _SINGLE)
@@ -335,10 +283,6 @@ def test_per_site_multi_sample_estimator_needs_particles(est, per_site):
 # Models that index with the sample under relaxations (item 1)
 # ---------------------------------------------------------------------------------------
 
-_ITEM1 = (
-    "issue 11 item 1: a model that uses the sample through a non-differentiable operation "
-    "trains with a wrong gradient under a relaxation, without a word"
-)
 TABLE = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-2.0, 3.0]])  # per category: 2 features
 EMISSION = torch.tensor([-1.0, 2.0])  # per Bernoulli value
 
@@ -392,7 +336,6 @@ def _observations(form: str) -> torch.Tensor:
     return torch.randn(5, 2) if "table" in form else torch.randn(5)
 
 
-@pytest.mark.xfail(strict=True, reason=_ITEM1)
 @pytest.mark.parametrize("form", list(INDEXING_MODELS))
 @pytest.mark.parametrize("est", RELAXATIONS)
 def test_indexing_with_the_sample_is_refused_under_a_relaxation(est, form):
@@ -427,11 +370,6 @@ def test_the_differentiable_form_is_accepted_under_a_relaxation(est, form):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: st and gumbel_rao pass values like 0.99999994 (hard + soft - "
-    "soft.detach()) to the model",
-)
 @pytest.mark.parametrize("one_hot", [False, True], ids=["bernoulli", "one_hot"])
 @pytest.mark.parametrize("est", ["st", "gumbel_rao"])
 def test_straight_through_values_are_exactly_binary(est, one_hot):
@@ -468,11 +406,6 @@ def test_straight_through_values_are_exactly_binary(est, one_hot):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 9: rebar/relax crash when a guide site's logits have no "
-    "parameter upstream ('One of the differentiated Tensors does not require grad')",
-)
 @pytest.mark.parametrize("est", ["rebar", "relax"])
 def test_constant_guide_logits_under_rebar_and_relax(est):
     """A guide site with constant logits has nothing to learn: the step trains the model's
@@ -494,24 +427,19 @@ def test_constant_guide_logits_under_rebar_and_relax(est):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 6: the per-site estimator cache is keyed by id() of option "
-    "values, so a fresh float each step builds a new estimator every step",
-)
 @pytest.mark.parametrize("per_site", ["rebar", "relax", "nvil"])
 def test_fresh_option_values_reuse_one_site_estimator(per_site, monkeypatch):
     """50 steps whose guide writes ``estimator_options`` with a new float object each
     time: one per-site estimator is built, and its control-variate state persists."""
     option = "temperature" if per_site in ("rebar", "relax") else "alpha"
     built = []
-    original_init = site_estimators_module.SiteEstimator.__init__
+    original_init = SiteEstimator.__init__
 
     def counting_init(self, **options):
         built.append(type(self).__name__)
         original_init(self, **options)
 
-    monkeypatch.setattr(site_estimators_module.SiteEstimator, "__init__", counting_init)
+    monkeypatch.setattr(SiteEstimator, "__init__", counting_init)
 
     def option_guide(x):
         logits = pyro.param("logits", torch.zeros(3))
@@ -537,11 +465,6 @@ def test_fresh_option_values_reuse_one_site_estimator(per_site, monkeypatch):
 # Save, reload, continue: bit-identical (item 15)
 # ---------------------------------------------------------------------------------------
 
-_ITEM15 = (
-    "issue 11 item 15: after param_store save/load in a fresh ELBO, guessing "
-    "max_plate_nesting or building control-variate networks draws random numbers"
-)
-
 
 def _run(est: str, steps: int, svi=None, optim=None):
     optim = optim or Adam({"lr": 0.05})
@@ -549,7 +472,7 @@ def _run(est: str, steps: int, svi=None, optim=None):
     return svi, optim, [svi.step(DATA) for _ in range(steps)]
 
 
-@pytest.mark.parametrize("est", xfail_for(["nvil", "relax", "rloo", "vimco"], _ITEM15))
+@pytest.mark.parametrize("est", ESTIMATORS)
 def test_resume_after_save_and_load_is_bit_identical(est, tmp_path):
     """N steps straight equal k steps, ``param_store.save``, a fresh store, ELBO and
     optimizer loaded from the files (with the RNG state), and N - k more steps."""

@@ -109,7 +109,7 @@ def test_bernoulli_only_estimators_advise_a_score_function_estimator(name):
     assert "OneHotCategorical" not in str(info.value)
 
 
-def test_a_site_used_only_through_python_control_flow_is_warned_about():
+def test_a_site_read_on_the_host_is_warned_about():
     def model():
         z = pyro.sample("z", dist.Bernoulli(0.5))
         loc = 3.0 if z.item() == 1 else 0.0
@@ -119,7 +119,22 @@ def test_a_site_used_only_through_python_control_flow_is_warned_about():
         pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.tensor(0.0))))
 
     pyro.clear_param_store()
-    with pytest.warns(RuntimeWarning, match="site 'z'.*Python"):
+    with pytest.warns(RuntimeWarning, match="site 'z' on the host.*Python control flow"):
+        DiscreteELBO().loss_and_grads(model, guide)
+
+
+def test_a_site_nothing_else_depends_on_is_not_warned_about():
+    import warnings
+
+    def model():
+        pyro.sample("z", dist.Bernoulli(0.3))
+
+    def guide():
+        pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.tensor(0.0))))
+
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
         DiscreteELBO().loss_and_grads(model, guide)
 
 

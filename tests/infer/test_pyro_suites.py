@@ -39,7 +39,7 @@ from pyro.optim import Adam
 from torch.distributions import constraints
 
 from pyro_discrete.infer import DiscreteELBO, SiteError
-from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES
+from pyro_discrete.infer.adapters import ESTIMATOR_CLASSES
 
 ESTIMATORS = list(ESTIMATOR_CLASSES)
 MULTI_SAMPLE = [name for name, cls in ESTIMATOR_CLASSES.items() if cls.multi_sample]
@@ -109,31 +109,9 @@ EXPECTED_REFUSALS: dict[tuple[str, str], tuple[type[Exception], str]] = {
     },
 }
 
-_ITEM7 = "issue 11 item 7: an empty model and guide crash (a sum over no cost terms)"
-_ITEM8 = (
-    "issue 11 item 8: a batch dim outside the site's plates is accepted; Pyro's "
-    "check_site_shape raises 'invalid log_prob shape'"
-)
-_ITEM9 = "issue 11 item 9: rebar/relax crash on guide logits that are constants"
-_SAME_SEED = (
-    "beyond issue 11: loss() samples the guide with Pyro's sampler, the step through uniform "
-    "noise, so at one seed they report different ELBO estimates (Pyro's assert_ok)"
-)
-#: the single-sample estimators; rloo and vimco guess max_plate_nesting through Pyro's
-#: trace, which runs check_site_shape, so they already raise item 8's error
-_SINGLE_SAMPLE = [est for est in ESTIMATORS if est not in MULTI_SAMPLE]
-
-#: (case, estimator) -> reason: defects of today's code, marked xfail(strict=True)
-KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    **{("test_empty_model_empty_guide_ok", est): _ITEM7 for est in ESTIMATORS},
-    **{("test_nested_plate_plate_dim_error_1", est): _ITEM8 for est in _SINGLE_SAMPLE},
-    **{("test_nested_plate_plate_dim_error_3", est): _ITEM8 for est in _SINGLE_SAMPLE},
-    **{("test_plate_subsample_primitive_ok", est): _ITEM9 for est in ("rebar", "relax")},
-    **{
-        ("test_nested_plate_plate_subsample_param_ok", est): _SAME_SEED
-        for est in ("arm", "disarm", "rebar", "relax", "st", "gumbel_rao")
-    },
-}
+#: (case, estimator) -> reason: known defects, marked xfail(strict=True); issue 11's items
+#: 5, 7, 8, 9 and the loss/step seed mismatch were listed here and are fixed
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 #: estimators whose reported loss is, by design, not the ELBO at the step's sample: Pyro's
 #: check that ``loss`` and ``loss_and_grads`` agree at one seed does not apply
@@ -1391,11 +1369,6 @@ def _bernoulli_guide():
     pyro.sample("z", dist.Bernoulli(logits=pyro.param("logits", torch.tensor(0.0))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: DiscreteELBO(**estimator_options) takes Pyro's ELBO arguments "
-    "for estimator options and raises 'unknown option(s)'",
-)
 @pytest.mark.parametrize("est", ESTIMATORS)
 def test_pyro_elbo_arguments_are_accepted(est):
     """Item 5: Pyro's own ``ELBO`` keyword arguments are accepted (and kept) as Pyro keeps
@@ -1417,11 +1390,6 @@ def test_pyro_elbo_arguments_are_accepted(est):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: the arm/disarm refusal of a Normal site advises rebar or relax, "
-    "which refuse it too",
-)
 @pytest.mark.parametrize("est", ["arm", "disarm"])
 def test_antithetic_refusal_of_a_normal_site_advises_a_score_function_estimator(est):
     def model():
