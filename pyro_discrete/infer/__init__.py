@@ -9,10 +9,16 @@ or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")`
 
 from __future__ import annotations
 
+from pyro_discrete.infer.adapters.double_cv import DoubleCV
+from pyro_discrete.infer.adapters.rodeo import RODEO
 from pyro_discrete.infer.control_variates import control_variate_lr, control_variate_state
 from pyro_discrete.infer.elbo import DiscreteELBO
 from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES, SiteEstimator
 from pyro_discrete.infer.sites import SiteError
+
+# Estimators in their own adapter modules join the registry here.
+for _adapter in (DoubleCV, RODEO):
+    ESTIMATOR_CLASSES[_adapter.name] = _adapter
 
 
 def _named(estimator: str, class_name: str) -> type[DiscreteELBO]:
@@ -43,6 +49,8 @@ RELAX_ELBO = _named("relax", "RELAX_ELBO")
 GumbelSoftmax_ELBO = _named("gumbel", "GumbelSoftmax_ELBO")
 StraightThrough_ELBO = _named("st", "StraightThrough_ELBO")
 GumbelRao_ELBO = _named("gumbel_rao", "GumbelRao_ELBO")
+DoubleCV_ELBO = _named("double_cv", "DoubleCV_ELBO")
+RODEO_ELBO = _named("rodeo", "RODEO_ELBO")
 
 #: estimator name -> its ELBO class
 ESTIMATORS: dict[str, type[DiscreteELBO]] = {
@@ -58,18 +66,22 @@ ESTIMATORS: dict[str, type[DiscreteELBO]] = {
     "gumbel": GumbelSoftmax_ELBO,
     "st": StraightThrough_ELBO,
     "gumbel_rao": GumbelRao_ELBO,
+    "double_cv": DoubleCV_ELBO,
+    "rodeo": RODEO_ELBO,
 }
 
 __all__ = [
     "ARM_ELBO",
     "DisARM_ELBO",
     "DiscreteELBO",
+    "DoubleCV_ELBO",
     "ESTIMATORS",
     "GumbelRao_ELBO",
     "GumbelSoftmax_ELBO",
     "MuProp_ELBO",
     "NVIL_ELBO",
     "REBAR_ELBO",
+    "RODEO_ELBO",
     "RELAX_ELBO",
     "RLOO_ELBO",
     "Reinforce_ELBO",

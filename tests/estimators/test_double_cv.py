@@ -72,7 +72,8 @@ def test_taylor_control_variate_reduces_variance_for_a_near_linear_f():
     rloo, dcv = (E.double_cv_logit_gradient(f, x, probs, g, a, -3, 1).mean(0) for a in (0, 1))
     assert (dcv.var(0).sum() < 0.1 * rloo.var(0).sum()).item()
     theta = torch.sigmoid(LOGITS)
-    exact = (WEIGHTS + 0.2 * torch.stack([theta[2], torch.tensor(0.0), theta[0]])) * theta * (1 - theta)
+    slope = WEIGHTS + 0.2 * torch.stack([theta[2], torch.tensor(0.0), theta[0]])
+    exact = slope * theta * (1 - theta)
     assert ((dcv.mean(0) - exact).abs() < 4.5 * dcv.std(0) / math.sqrt(n)).all()
 
 

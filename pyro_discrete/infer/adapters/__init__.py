@@ -1,0 +1,2 @@
+"""Site estimators, one module per estimator family (see :mod:`pyro_discrete.infer.site_estimators`
+for the base class and the registry)."""
