@@ -101,14 +101,15 @@ def _control_values(
 ) -> tuple[Tensor, Tensor]:
     """``h_k`` at ``x_k`` ``(K, M, 2)`` and at its neighbours ``(K, M, D, 2)``."""
     k = x.shape[0]
-    own = (x * g).sum(-1)  # g_j . x_j: (K, M)
-    taylor_x = torch.einsum("kmd,jmd->kjm", x, g) - own  # g_j . (x_k - x_j)
-    taylor_nbr = taylor_x.unsqueeze(-1) + g.unsqueeze(0) * (1 - 2 * x).unsqueeze(1)
-    taylor = torch.cat([taylor_x.unsqueeze(-1), taylor_nbr], -1)  # (K, K, M, D + 1)
-    signal = f.unsqueeze(0).unsqueeze(-1).expand_as(taylor)  # f_j
-    out = control(torch.stack([taylor, signal], -1))  # (K, K, M, D + 1, 2)
-    others = (1 - torch.eye(k, dtype=x.dtype, device=x.device)) / (k - 1)
-    h = torch.einsum("kj,kjmic->kmic", others, out)
+    # the K (K - 1) ordered pairs (k, j != k), k-major
+    own, other = (~torch.eye(k, dtype=torch.bool, device=x.device)).nonzero(as_tuple=True)
+    x_k, g_j = x[own], g[other]
+    taylor_x = (g_j * (x_k - x[other])).sum(-1)  # g_j . (x_k - x_j): (P, M)
+    taylor_nbr = taylor_x.unsqueeze(-1) + g_j * (1 - 2 * x_k)  # at x_k^{(i)}: (P, M, D)
+    taylor = torch.cat([taylor_x.unsqueeze(-1), taylor_nbr], -1)  # (P, M, D + 1)
+    signal = f[other].unsqueeze(-1).expand_as(taylor)
+    out = control(torch.stack([taylor, signal], -1))  # (P, M, D + 1, 2)
+    h = out.reshape((k, k - 1) + out.shape[1:]).mean(1)
     return h[:, :, 0], h[:, :, 1:]
 
 
