@@ -23,8 +23,10 @@ from pyro_discrete.infer.sites import BERNOULLI, SiteError
 def signal_and_value_gradient(ev: Evaluation, site: DiscreteSite) -> tuple[Tensor, Tensor]:
     r"""The site's learning signal (batch shape, with singleton event dims) and
     :math:`g = \partial F / \partial x` (value shape), :math:`F` the sum of the costs that
-    depend on the site. Where :math:`f` does not depend smoothly on the value (it is used
-    as an index, say), :math:`g = 0` and both estimators reduce to RLOO."""
+    depend on the site. Costs that read the value without a gradient path (as an index,
+    say) contribute nothing; the site's own :math:`-\log q(x)` always contributes
+    :math:`-\eta`. Any :math:`g` keeps the estimators unbiased: it only sets how well the
+    control variates track :math:`f`."""
     signal = site.to_event_shape(ev.signal(site).detach())
     total = sum(c.value.sum() for c in ev.costs if site.name in ev.deps.get(c.key, ()))
     grad = None
