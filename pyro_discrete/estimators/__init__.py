@@ -9,12 +9,14 @@ from pyro_discrete.estimators.arm import (
     arm_logit_gradient,
     disarm_logit_gradient,
 )
+from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
 from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
+from pyro_discrete.estimators.rodeo import gibbs_stein, gibbs_stein_score, rodeo_logit_gradient
 from pyro_discrete.estimators.vimco import vimco_bound_and_signals, vimco_surrogate
 
 __all__ = [
@@ -22,7 +24,11 @@ __all__ = [
     "arm_logit_gradient",
     "decaying_average",
     "disarm_logit_gradient",
+    "double_cv_logit_gradient",
+    "gibbs_stein",
+    "gibbs_stein_score",
     "gradient_variance_loss",
+    "leave_one_out_mean",
     "leave_one_out_signal",
     "logit_score",
     "muprop_surrogate",
@@ -32,6 +38,7 @@ __all__ = [
     "nvil_update_statistics",
     "rebar_logit_gradient",
     "relax_logit_gradient",
+    "rodeo_logit_gradient",
     "score_surrogate",
     "vimco_bound_and_signals",
     "vimco_surrogate",
