@@ -13,6 +13,7 @@ from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
 from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
+from pyro_discrete.estimators.reinmax import reinmax_logit_gradient
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
 from pyro_discrete.estimators.vimco import vimco_bound_and_signals, vimco_surrogate
@@ -31,6 +32,7 @@ __all__ = [
     "nvil_signal",
     "nvil_update_statistics",
     "rebar_logit_gradient",
+    "reinmax_logit_gradient",
     "relax_logit_gradient",
     "score_surrogate",
     "vimco_bound_and_signals",

@@ -9,10 +9,15 @@ or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")`
 
 from __future__ import annotations
 
+from pyro_discrete.infer.adapters.reinmax import ReinMax
 from pyro_discrete.infer.control_variates import control_variate_lr, control_variate_state
 from pyro_discrete.infer.elbo import DiscreteELBO
 from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES, SiteEstimator
 from pyro_discrete.infer.sites import SiteError
+
+# estimators added in infer/adapters/ (registered here until registration is automatic)
+for _cls in (ReinMax,):
+    ESTIMATOR_CLASSES[_cls.name] = _cls
 
 
 def _named(estimator: str, class_name: str) -> type[DiscreteELBO]:
@@ -43,6 +48,7 @@ RELAX_ELBO = _named("relax", "RELAX_ELBO")
 GumbelSoftmax_ELBO = _named("gumbel", "GumbelSoftmax_ELBO")
 StraightThrough_ELBO = _named("st", "StraightThrough_ELBO")
 GumbelRao_ELBO = _named("gumbel_rao", "GumbelRao_ELBO")
+ReinMax_ELBO = _named("reinmax", "ReinMax_ELBO")
 
 #: estimator name -> its ELBO class
 ESTIMATORS: dict[str, type[DiscreteELBO]] = {
@@ -58,6 +64,7 @@ ESTIMATORS: dict[str, type[DiscreteELBO]] = {
     "gumbel": GumbelSoftmax_ELBO,
     "st": StraightThrough_ELBO,
     "gumbel_rao": GumbelRao_ELBO,
+    "reinmax": ReinMax_ELBO,
 }
 
 __all__ = [
@@ -70,6 +77,7 @@ __all__ = [
     "MuProp_ELBO",
     "NVIL_ELBO",
     "REBAR_ELBO",
+    "ReinMax_ELBO",
     "RELAX_ELBO",
     "RLOO_ELBO",
     "Reinforce_ELBO",
