@@ -16,6 +16,14 @@ from pyro_discrete.estimators.reinforce import decaying_average, logit_score, sc
 from pyro_discrete.estimators.reinmax import reinmax_logit_gradient
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
+from pyro_discrete.estimators.unordered_set import (
+    gumbel_top_k,
+    stochastic_beam_search,
+    unordered_set_baseline,
+    unordered_set_log_probs,
+    unordered_set_surrogate,
+    unordered_set_weights,
+)
 from pyro_discrete.estimators.vimco import vimco_bound_and_signals, vimco_surrogate
 
 __all__ = [
@@ -35,6 +43,12 @@ __all__ = [
     "reinmax_logit_gradient",
     "relax_logit_gradient",
     "score_surrogate",
+    "gumbel_top_k",
+    "stochastic_beam_search",
+    "unordered_set_baseline",
+    "unordered_set_log_probs",
+    "unordered_set_surrogate",
+    "unordered_set_weights",
     "vimco_bound_and_signals",
     "vimco_surrogate",
 ]

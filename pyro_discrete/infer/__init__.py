@@ -10,13 +10,14 @@ or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")`
 from __future__ import annotations
 
 from pyro_discrete.infer.adapters.reinmax import ReinMax
+from pyro_discrete.infer.adapters.unordered_set import UnorderedSet
 from pyro_discrete.infer.control_variates import control_variate_lr, control_variate_state
 from pyro_discrete.infer.elbo import DiscreteELBO
 from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES, SiteEstimator
 from pyro_discrete.infer.sites import SiteError
 
 # estimators added in infer/adapters/ (registered here until registration is automatic)
-for _cls in (ReinMax,):
+for _cls in (ReinMax, UnorderedSet):
     ESTIMATOR_CLASSES[_cls.name] = _cls
 
 
@@ -49,6 +50,7 @@ GumbelSoftmax_ELBO = _named("gumbel", "GumbelSoftmax_ELBO")
 StraightThrough_ELBO = _named("st", "StraightThrough_ELBO")
 GumbelRao_ELBO = _named("gumbel_rao", "GumbelRao_ELBO")
 ReinMax_ELBO = _named("reinmax", "ReinMax_ELBO")
+UnorderedSet_ELBO = _named("unordered_set", "UnorderedSet_ELBO")
 
 #: estimator name -> its ELBO class
 ESTIMATORS: dict[str, type[DiscreteELBO]] = {
@@ -65,6 +67,7 @@ ESTIMATORS: dict[str, type[DiscreteELBO]] = {
     "st": StraightThrough_ELBO,
     "gumbel_rao": GumbelRao_ELBO,
     "reinmax": ReinMax_ELBO,
+    "unordered_set": UnorderedSet_ELBO,
 }
 
 __all__ = [
@@ -84,6 +87,7 @@ __all__ = [
     "SiteError",
     "SiteEstimator",
     "StraightThrough_ELBO",
+    "UnorderedSet_ELBO",
     "VIMCO_ELBO",
     "control_variate_lr",
     "control_variate_state",
