@@ -203,7 +203,7 @@ def unordered_set_log_probs(
     log_p: Tensor,
     log_rest: Tensor | None = None,
     method: str = "auto",
-    step: float = 0.1,
+    step: float = 0.25,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Log-probabilities of the unordered set and of its leave-out subsets.
 

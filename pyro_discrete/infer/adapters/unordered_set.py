@@ -85,14 +85,14 @@ class UnorderedSet(SiteEstimator):
 
     Options: ``method`` (``"auto"``: the set probabilities exactly for sets of up to 4,
     by numerical integration beyond; ``"exact"``; ``"integrate"``) and
-    ``integration_step`` (0.1, in :math:`\log(-\log u)`).
+    ``integration_step`` (0.25, in :math:`\log(-\log u)`).
     """
 
     name = "unordered_set"
     requires = "relaxable"
     multi_sample = True
     needs_noise = True
-    defaults = {"method": "auto", "integration_step": 0.1}
+    defaults = {"method": "auto", "integration_step": 0.25}
 
     def __init__(self, **options):
         super().__init__(**options)
