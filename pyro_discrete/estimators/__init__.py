@@ -17,6 +17,7 @@ from pyro_discrete.estimators.reinmax import reinmax_logit_gradient
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
 from pyro_discrete.estimators.unordered_set import (
+    event_without_replacement,
     gumbel_top_k,
     stochastic_beam_search,
     unordered_set_baseline,
@@ -43,6 +44,7 @@ __all__ = [
     "reinmax_logit_gradient",
     "relax_logit_gradient",
     "score_surrogate",
+    "event_without_replacement",
     "gumbel_top_k",
     "stochastic_beam_search",
     "unordered_set_baseline",

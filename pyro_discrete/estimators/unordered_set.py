@@ -57,6 +57,7 @@ from pyro_discrete.distributions import functional as fn
 __all__ = [
     "gumbel_top_k",
     "stochastic_beam_search",
+    "event_without_replacement",
     "unordered_set_log_probs",
     "unordered_set_weights",
     "unordered_set_baseline",
@@ -129,6 +130,43 @@ def stochastic_beam_search(log_probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
         index = parent.unsqueeze(-1).expand(parent.shape + (i,))
         sequences = torch.cat([sequences.gather(-2, index), action.unsqueeze(-1)], -1)
     return sequences, phi_beam
+
+
+def event_without_replacement(
+    logits: Tensor, k: int, one_hot: bool, event_ndim: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``min(k, |D|)`` distinct values of a Bernoulli or one-hot categorical *event* per
+    batch element, drawn without replacement by :func:`stochastic_beam_search` over its
+    elements (bits, or one-hot rows), with their log-probabilities and the mass left out.
+
+    :param logits: batch + event shape; Bernoulli log-odds, or categorical logits (last dim).
+    :param event_ndim: number of event dims (``to_event`` dims, plus the category dim for a
+        one-hot site).
+    :return: ``(values (batch, k', event), log_p (batch, k'), log_rest (batch))`` with
+        ``log_rest`` :math:`= \log p(D \setminus S)` (``-inf`` when :math:`S = D`).
+    """
+    split = logits.dim() - event_ndim
+    batch, event = logits.shape[:split], logits.shape[split:]
+    if one_hot:
+        log_probs = torch.log_softmax(logits, -1).reshape(batch + (-1, event[-1]))
+    else:
+        flat = logits.reshape(batch + (-1,))
+        log_probs = torch.stack([F.logsigmoid(-flat), F.logsigmoid(flat)], -1)
+    d, n = log_probs.shape[-2:]
+    sequences, log_p = stochastic_beam_search(log_probs, k)
+    size = sequences.shape[-2]
+    if d * math.log(n) < 60 and size == n**d:
+        log_rest = torch.full_like(log_p[..., 0], -math.inf)  # the whole domain
+    elif d == 1:  # one categorical: add up the others exactly
+        taken = F.one_hot(sequences[..., 0], n).sum(-2).bool()
+        log_rest = log_probs[..., 0, :].masked_fill(taken, -math.inf).logsumexp(-1)
+    else:
+        log_rest = _log1mexp(log_p.logsumexp(-1))
+    if one_hot:
+        values = F.one_hot(sequences, n).to(logits.dtype)
+    else:
+        values = sequences.to(logits.dtype)
+    return values.reshape(batch + (size,) + event), log_p, log_rest
 
 
 # ---------------------------------------------------------------------------------------
