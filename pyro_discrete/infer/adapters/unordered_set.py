@@ -1,25 +1,25 @@
 r"""The unordered-set estimator as a site estimator (Kool, van Hoof, Welling, 2020). Unbiased.
 
-A *root* is a site whose distribution is the same in every particle: it depends on no other
-discrete site. Its ``K = num_particles`` particles are drawn without replacement within each
-plate element (stochastic beam search over the site's event: Gumbel-top-:math:`k` for one
-categorical, the joint value of a Bernoulli or categorical ``to_event`` block), so every
-particle holds a different value, with the importance weights :math:`w_i` of the unordered
-set (:mod:`pyro_discrete.estimators.unordered_set`). Where the domain has fewer than ``K``
-values, the whole domain is taken (the site's estimate is then exact) and the remaining
-particles repeat a value with weight 0.
+The guide's discrete sites that use this estimator fall into *groups*: sites connected by
+shared cost terms (a site and those it depends on always share one, its own log-density).
+In each group the first site in guide order, the *root*, depends on no other discrete site,
+so its distribution is the same in every particle: its ``K = num_particles`` particles are
+drawn without replacement within each plate element (stochastic beam search over the
+site's event: Gumbel-top-:math:`k` for one categorical, the joint value of a ``to_event``
+block), so every particle holds a different value, with the importance weights :math:`w_i`
+of the unordered set (:mod:`pyro_discrete.estimators.unordered_set`). Where the domain has
+fewer than ``K`` values, the whole domain is taken (the root's estimate is then exact) and
+the remaining particles repeat a value with weight 0.
 
-Every cost term that depends on a root is re-weighted from the driver's particle mean
-:math:`\frac1K\sum_i c_i` to :math:`\sum_i w_i c_i`. A *downstream* site (one that depends on
-exactly one root) is drawn once per particle given that particle's values, and its score
-term is weighted by the root's :math:`w_i`, with a baseline from the other particles (given
-the root's set they are independent of this particle's draw). Together: the paper's
-estimator for the root, and an unbiased estimate given the root's set for what lies below.
+Every cost term that depends on the root is re-weighted from the driver's particle mean
+:math:`\frac1K\sum_i c_i` to :math:`\sum_i w_i c_i`. The other sites of the group are drawn
+once per particle given that particle's values; given the root's set the particles are
+independent, so their score terms weighted by :math:`w_i`, with a baseline from the other
+particles, are unbiased. A site of no group with a set (e.g. below a continuous site) is
+drawn per particle with weights :math:`1/K`: RLOO.
 
-Which sites are roots is read from the dependency map of earlier steps. Before any is known
-(the first step), a site whose logits are identical across particles and that comes first
-among this estimator's sites is a root; a later one is drawn independently per particle with
-uniform weights :math:`1/K` and a leave-one-out baseline (RLOO), which is also unbiased.
+The groups are read from the dependency map of the previous step; on the first step every
+site is drawn per particle (weights :math:`1/K`, also unbiased).
 """
 
 from __future__ import annotations
@@ -45,14 +45,21 @@ PARTICLE_PLATE = "num_particles_vectorized"
 
 @dataclass
 class _Root:
-    """A root site's particles in one step, quantities with the particle dim last."""
+    """A root's set in one step, its quantities with the particle dim last."""
 
     particle_dim: int  # in the site's batch shape (negative)
     log_w: Tensor  # (..., K) log importance weights; -inf for padding
-    # the set's probabilities, for the built-in baseline; None: drawn independently (RLOO)
-    log_p: Tensor | None = None  # (..., K) log q of each particle's value
-    log_p1: Tensor | None = None  # (..., K) log p^{D\s}(S\s)
-    log_p2: Tensor | None = None  # (..., K, K) log p^{D\{s,s'}}(S\{s,s'})
+    log_p: Tensor  # (..., K) log q of each particle's value
+    log_p1: Tensor  # (..., K) log p^{D\s}(S\s)
+    log_p2: Tensor  # (..., K, K) log p^{D\{s,s'}}(S\{s,s'})
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """What the previous step's dependency map said about a site."""
+
+    parents: frozenset  # discrete sites its distribution depends on
+    group: frozenset  # the sites of this estimator connected to it by shared costs
 
 
 def _particle_plate_dim() -> int | None:
@@ -64,10 +71,9 @@ def _particle_plate_dim() -> int | None:
 
 def _pad(x: Tensor, k: int, value: float, dims: tuple[int, ...]) -> Tensor:
     for dim in dims:
-        missing = k - x.shape[dim]
-        if missing > 0:
+        if x.shape[dim] < k:
             shape = list(x.shape)
-            shape[dim] = missing
+            shape[dim] = k - x.shape[dim]
             x = torch.cat([x, x.new_full(shape, value)], dim)
     return x
 
@@ -79,20 +85,41 @@ def _leave_one_out_mean(weight: Tensor, signal: Tensor, dim: int) -> Tensor:
     return torch.where(others > 0, weighted / others.clamp(min=1e-30), 0.0)
 
 
+def _groups(ev: Evaluation, names: set) -> dict[str, frozenset]:
+    """Connected components of ``names`` under "appear together in a cost's dependencies"."""
+    parent = {name: name for name in names}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for deps in ev.deps.values():
+        members = sorted(deps & names)
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+    groups: dict[str, set] = {}
+    for name in names:
+        groups.setdefault(find(name), set()).add(name)
+    return {name: frozenset(groups[find(name)]) for name in names}
+
+
 class UnorderedSet(SiteEstimator):
     r"""The unordered-set estimator (Kool, van Hoof, Welling 2020): ``num_particles`` = K
     distinct samples without replacement, their importance weights and built-in baseline.
     **Unbiased.**
 
     For Bernoulli and one-hot categorical sites (with any ``to_event`` dims: the event of a
-    plate element is one joint value, drawn by stochastic beam search). A site that depends
-    on no other discrete site is sampled without replacement; a site below exactly one such
-    site is sampled per particle and weighted by that site's set. Refused with a
-    :class:`SiteError`: a site below no such site or below two, a cost term shared by two
-    set-sampled sites or lying outside a set-sampled site's plates, and another estimator on
-    a site that shares cost terms with a set-sampled site (its particle average would need
-    the set's weights): use ``'rloo'`` there. The loss the driver reports is the plain
-    particle mean of the ELBO, not the set-weighted one; the gradient is unbiased.
+    plate element is one joint value, drawn by stochastic beam search). In each group of
+    sites connected by shared cost terms, the first (which depends on no other discrete
+    site) is drawn without replacement and the others per particle, weighted by its set
+    (see :mod:`pyro_discrete.infer.adapters.unordered_set`). Refused with a
+    :class:`SiteError`: a cost term depending on two sets, or lying outside the plates of a
+    set it depends on, and another estimator on a site sharing cost terms with a set (its
+    particle average would need the set's weights): use ``'rloo'`` there. The loss the
+    driver reports is the plain particle mean of the ELBO, not the set-weighted one; the
+    gradient is unbiased.
 
     Options: ``method`` (``"auto"``: the set probabilities exactly for sets of up to 4,
     by numerical integration beyond; ``"exact"``; ``"integrate"``) and
@@ -107,9 +134,9 @@ class UnorderedSet(SiteEstimator):
 
     def __init__(self, **options):
         super().__init__(**options)
-        self._roots: dict[str, _Root] = {}  # this step's root candidates
-        self._parents: dict[str, frozenset] = {}  # discrete sites each site depends on
-        self._this_pass: list[str] = []  # sites seen in the current guide run
+        self._roots: dict[str, _Root] = {}  # the sets drawn in the current guide run
+        self._structure: dict[str, _Structure] = {}  # from the previous step
+        self._this_run: list[str] = []
 
     def validate_options(self) -> None:
         if self.options["method"] not in ("auto", "exact", "integrate"):
@@ -132,37 +159,30 @@ class UnorderedSet(SiteEstimator):
     # -- the base pass ----------------------------------------------------------------------
 
     def base_value(self, site: DiscreteSite) -> Tensor:
-        if site.name in self._this_pass:  # a new run of the guide
-            self._this_pass.clear()
-        first = not self._this_pass
-        self._this_pass.append(site.name)
+        if site.name in self._this_run:  # a new run of the guide
+            self._this_run.clear()
+            self._roots.clear()
+        self._this_run.append(site.name)
         self._roots.pop(site.name, None)
         dim = _particle_plate_dim()
-        if dim is None:
-            return site.hard  # the driver refuses multi-sample estimators without particles
+        known = self._structure.get(site.name)
+        if dim is None or known is None or known.parents:
+            return site.hard  # drawn per particle
+        if any(name in self._roots for name in known.group):
+            return site.hard  # its group's set is drawn already
         batch_pos = site.batch_ndim + dim
         logits = site.logits.detach()
         if not bool((logits == logits.narrow(batch_pos, 0, 1)).all()):
-            return site.hard  # a downstream site: one draw per particle
-        parents = self._parents.get(site.name)
-        k = logits.shape[batch_pos]
-        if parents or (parents is None and not first):
-            # Equal logits by coincidence below another site, or not known yet: draw
-            # independently; should it be a root, it gets weights 1/K (RLOO).
-            batch = site.fn.batch_shape
-            outer = batch[:batch_pos] + batch[batch_pos + 1 :]
-            uniform = logits.new_full(outer + (k,), -math.log(k))
-            self._roots[site.name] = _Root(dim, uniform)
-            return site.hard
-        value, root = self._draw_set(site, logits.narrow(batch_pos, 0, 1), batch_pos, dim, k)
+            return site.hard  # its distribution differs across particles after all
+        value, root = self._draw_set(site, logits.narrow(batch_pos, 0, 1), batch_pos, dim)
         self._roots[site.name] = root
         site.hard = value
         return value
 
-    def _draw_set(self, site, logits, batch_pos, dim, k) -> tuple[Tensor, _Root]:
-        logits = logits.squeeze(batch_pos)
+    def _draw_set(self, site, logits, batch_pos, dim) -> tuple[Tensor, _Root]:
+        k = site.logits.shape[batch_pos]
         values, log_p, log_rest = E.event_without_replacement(
-            logits, k, site.one_hot, site.event_ndim
+            logits.squeeze(batch_pos), k, site.one_hot, site.event_ndim
         )
         log_ps, log_p1, log_p2 = E.unordered_set_log_probs(
             log_p, log_rest, self.options["method"], self.options["integration_step"]
@@ -173,7 +193,6 @@ class UnorderedSet(SiteEstimator):
             shape = list(values.shape)
             shape[set_dim] = k - size
             values = torch.cat([values, values.narrow(set_dim, 0, 1).expand(shape)], set_dim)
-        values = values.movedim(set_dim, batch_pos)
         root = _Root(
             particle_dim=dim,
             log_w=_pad(log_w, k, -math.inf, (-1,)),
@@ -181,45 +200,44 @@ class UnorderedSet(SiteEstimator):
             log_p1=_pad(log_p1, k, 0.0, (-1,)),
             log_p2=_pad(log_p2, k, -math.inf, (-1, -2)),
         )
-        return values, root
+        return values.movedim(set_dim, batch_pos), root
 
     # -- the surrogate ------------------------------------------------------------------------
 
     @staticmethod
-    def _resolve_roots(ev: Evaluation) -> dict[str, _Root]:
-        """This step's roots: candidates that depend on no other discrete site."""
+    def _sets_of_this_step(ev: Evaluation) -> dict[str, _Root]:
+        """The sets drawn in this step; records the structure for the next one."""
+        mine = {n for n, s in ev.sites.items() if isinstance(s.estimator, UnorderedSet)}
+        groups = _groups(ev, mine)
         roots = {}
-        for name, site in ev.sites.items():
-            if not isinstance(site.estimator, UnorderedSet):
-                continue
+        for name in mine:
+            estimator = ev.sites[name].estimator
             parents = ev.deps.get((GUIDE, name), frozenset()) - {name}
-            site.estimator._parents[name] = parents
-            root = site.estimator._roots.get(name)
+            estimator._structure[name] = _Structure(parents, groups[name])
+            root = estimator._roots.get(name)
             if root is None:
                 continue
-            if not parents:
-                roots[name] = root
-            elif root.log_p is not None:
+            if parents:
                 raise SiteError(
                     f"site '{name}' was drawn without replacement as a site that depends on "
-                    f"no other discrete site, but it depends on {sorted(parents)}: the ELBO "
-                    "object was last used with a guide of another structure, or a site before "
-                    "it uses another estimator; use a new DiscreteELBO for each guide, or "
-                    f"'rloo' for '{name}'"
+                    f"no other discrete site, but it depends on {sorted(parents)}: this "
+                    "DiscreteELBO was last used with a guide of another structure; use one "
+                    "DiscreteELBO per guide"
                 )
+            roots[name] = root
         return roots
 
     def surrogate(self, ev: Evaluation, site: DiscreteSite, terms: StepTerms) -> Tensor:
-        roots = self._resolve_roots(ev)
+        roots = self._sets_of_this_step(ev)
         node = ev.guide_trace.nodes[site.name]
         k = node["value"].shape[site.batch_ndim + ev.particle_dim(site)]
         if site.name in roots:
             return self._root_surrogate(ev, site, roots, k)
-        return self._downstream_surrogate(ev, site, roots, k)
+        return self._weighted_surrogate(ev, site, roots, k)
 
     def _reweighted_costs(self, ev, site, roots) -> list:
         """The costs that depend on the root and that the driver averages over particles;
-        refuses the costs that no weighting by this root's set can make unbiased."""
+        refuses those that no weighting by this root's set makes unbiased."""
         reweighted = []
         for cost in ev.costs:
             deps = ev.deps.get(cost.key, frozenset())
@@ -234,15 +252,15 @@ class UnorderedSet(SiteEstimator):
                     f"cannot weight it: use 'rloo' for '{site.name}'"
                 )
             for other in sorted(deps - {site.name}):
-                other_site = ev.sites[other]
-                if not isinstance(other_site.estimator, UnorderedSet) or other in roots:
+                estimator = ev.sites[other].estimator
+                if not isinstance(estimator, UnorderedSet) or other in roots:
                     raise SiteError(
-                        f"site '{other}' (estimator '{other_site.estimator.name}') shares "
-                        f"the {cost.key[0]} cost of '{cost.key[1]}' with site '{site.name}', "
-                        "whose particles 'unordered_set' draws without replacement: "
-                        "averaging its particles would need that set's weights. Use "
-                        f"'unordered_set' for '{other}' only below '{site.name}' (its "
-                        "distribution then depends on it), or 'rloo' for both"
+                        f"site '{other}' (estimator '{estimator.name}') shares the "
+                        f"{cost.key[0]} cost of '{cost.key[1]}' with site '{site.name}', whose "
+                        "particles 'unordered_set' draws without replacement: averaging its "
+                        "particles would need that set's weights. Use 'unordered_set' for "
+                        f"'{other}' too (it is then weighted by the set of '{site.name}'), or "
+                        "'rloo' for both"
                     )
             discrete = ev.sites.get(cost.key[1]) if cost.key[0] == GUIDE else None
             if discrete is None or discrete.estimator.pathwise:
@@ -256,49 +274,47 @@ class UnorderedSet(SiteEstimator):
         batch_shape = site.fn.batch_shape
         signal = ev.signal(site).expand(batch_shape).movedim(batch_pos, -1).detach()
         log_q = ev.score(site).expand(batch_shape).movedim(batch_pos, -1)
-        if root.log_p is not None:
-            baseline = E.unordered_set_baseline(root.log_p, root.log_p1, root.log_p2, signal)
-        else:  # drawn independently: RLOO
-            baseline = _leave_one_out_mean(root.log_w.exp(), signal, -1)
+        baseline = E.unordered_set_baseline(root.log_p, root.log_p1, root.log_p2, signal)
         surrogate = k * E.unordered_set_surrogate(log_q, root.log_w, signal, baseline)
         # The driver divides by K the particle sum of every pathwise cost: make that
-        # sum_i w_i c_i for the costs that depend on this root (a no-op for weights 1/K).
+        # sum_i w_i c_i for the costs that depend on this root.
         factor = (k * root.log_w.exp() - 1).movedim(-1, batch_pos)
         for cost in reweighted:
             surrogate = surrogate + (factor * cost.value).sum()
         return surrogate
 
-    def _downstream_surrogate(self, ev, site, roots, k) -> Tensor:
-        upstream = ev.deps.get((GUIDE, site.name), frozenset()) - {site.name}
-        above = sorted(upstream & set(roots))
-        if len(above) != 1:
-            found = (
-                f"it depends on {len(above)} sites drawn without replacement ({above})"
-                if above
-                else "no site it depends on is drawn without replacement"
-                + (f" (it depends on {sorted(upstream)})" if upstream else "")
-            )
-            raise SiteError(
-                f"site '{site.name}' ({type(site.fn).__name__}) has logits that differ across "
-                f"the {k} particles, so its particles cannot be drawn without replacement from "
-                f"one distribution, and {found}; estimator 'unordered_set' handles such a site "
-                "only below exactly one site drawn without replacement, whose set weights "
-                f"it. Use 'rloo' for '{site.name}' and the sites it depends on"
-            )
-        root_site = ev.sites[above[0]]
-        root = roots[root_site.name]
-        missing = [name for name, _ in root_site.frames if (name, _) not in site.frames]
-        if missing:
-            raise SiteError(
-                f"site '{site.name}' depends on site '{root_site.name}' but lies outside its "
-                f"plate(s) {missing}; estimator 'unordered_set' cannot weight it: use 'rloo'"
-            )
-        root_pos = root_site.batch_ndim + root.particle_dim
-        weight = root.log_w.exp().movedim(-1, root_pos)
+    def _weighted_surrogate(self, ev, site, roots, k) -> Tensor:
+        """A site drawn per particle: score terms weighted by the one set its costs depend
+        on (weights 1/K, i.e. RLOO, when none)."""
+        touching = set()
+        for deps in ev.deps.values():
+            if site.name in deps:
+                touching |= deps & set(roots)
         batch_shape = site.fn.batch_shape
-        weight = weight.expand(torch.broadcast_shapes(weight.shape, batch_shape))
+        pdim = ev.particle_dim(site)
+        if len(touching) > 1:
+            raise SiteError(
+                f"site '{site.name}' shares cost terms with {len(touching)} sites drawn "
+                f"without replacement ({sorted(touching)}): its particles would need the "
+                "weights of both sets; estimator 'unordered_set' draws one set per group of "
+                f"sites connected by cost terms. Use 'rloo' for '{site.name}' and those sites"
+            )
+        if touching:
+            root_site = ev.sites[touching.pop()]
+            root = roots[root_site.name]
+            missing = [name for name, _ in root_site.frames if (name, _) not in site.frames]
+            if missing:
+                raise SiteError(
+                    f"site '{site.name}' shares cost terms with site '{root_site.name}' but "
+                    f"lies outside its plate(s) {missing}; estimator 'unordered_set' cannot "
+                    f"weight it: use 'rloo' for '{site.name}' and '{root_site.name}'"
+                )
+            weight = root.log_w.exp().movedim(-1, root_site.batch_ndim + root.particle_dim)
+            weight = weight.expand(torch.broadcast_shapes(weight.shape, batch_shape))
+        else:
+            weight = site.value.new_full(batch_shape, 1.0 / k)
         signal = ev.signal(site).expand(batch_shape).detach()
-        # given the root's set, the other particles are independent of this particle's draw
-        baseline = _leave_one_out_mean(weight, signal, root.particle_dim)
+        # given the root's set the other particles are independent of this particle's draw
+        baseline = _leave_one_out_mean(weight, signal, pdim)
         coefficient = (k * weight * (signal - baseline)).detach()
         return (coefficient * ev.score(site)).sum()
