@@ -165,6 +165,12 @@ def test_unbiased(problem, k):
     assert _z(problem, k) < Z_LIMIT
 
 
+@pytest.mark.parametrize("problem", ["categorical_chain", "global_and_local"])
+def test_unbiased_when_particles_outnumber_the_domain(problem):
+    """K = 5 over 3 categories / 2 values: particles share the values and their weights."""
+    assert _z(problem, 5) < Z_LIMIT
+
+
 @pytest.mark.parametrize("problem", list(EXTRA))
 @pytest.mark.parametrize("k", [2, 3])
 def test_unbiased_on_deeper_chains_and_independent_roots(problem, k):
