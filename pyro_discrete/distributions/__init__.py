@@ -7,6 +7,8 @@
 - :class:`StraightThroughBernoulli`, :class:`StraightThroughOneHotCategorical`,
   :class:`GumbelRaoBernoulli`, :class:`GumbelRaoOneHotCategorical`: hard samples with a
   relaxed gradient.
+- :class:`ReinMaxBernoulli`, :class:`ReinMaxOneHotCategorical`: hard samples with ReinMax's
+  second-order straight-through gradient (biased).
 
 The math lives in :mod:`pyro_discrete.distributions.functional`.
 """
@@ -17,6 +19,8 @@ from .relaxed import GumbelCategorical, LogisticBernoulli
 from .straight_through import (
     GumbelRaoBernoulli,
     GumbelRaoOneHotCategorical,
+    ReinMaxBernoulli,
+    ReinMaxOneHotCategorical,
     StraightThroughBernoulli,
     StraightThroughOneHotCategorical,
 )
@@ -28,6 +32,8 @@ __all__ = [
     "GumbelRaoBernoulli",
     "GumbelRaoOneHotCategorical",
     "LogisticBernoulli",
+    "ReinMaxBernoulli",
+    "ReinMaxOneHotCategorical",
     "StraightThroughBernoulli",
     "StraightThroughOneHotCategorical",
     "functional",

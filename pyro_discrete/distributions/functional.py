@@ -14,6 +14,8 @@ References:
   *REBAR: Low-variance, unbiased gradient estimates for discrete latent variable models*.
 - C. Maddison, A. Mnih, Y. W. Teh (2017), *The Concrete Distribution*.
 - E. Jang, S. Gu, B. Poole (2017), *Categorical Reparameterization with Gumbel-Softmax*.
+- L. Liu, C. Dong, X. Liu, B. Yu, J. Gao (2023), *Bridging Discrete and Backpropagation:
+  Straight-Through and Beyond* (ReinMax).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = [
     "relax_categorical",
     "bernoulli_log_mass",
     "categorical_log_mass",
+    "reinmax_bernoulli",
+    "reinmax_categorical",
 ]
 
 
@@ -207,3 +211,51 @@ def categorical_log_mass(logits: Tensor, value: Tensor) -> Tensor:
     gradient in it; this one does.
     """
     return (value * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# ReinMax (Liu et al. 2023): the hard sample with a second-order straight-through gradient
+# ---------------------------------------------------------------------------------------
+
+
+def reinmax_categorical(logits: Tensor, hard: Tensor, temperature: Tensor | float) -> Tensor:
+    r"""The one-hot ``hard`` sample in the forward pass, ReinMax's gradient in the backward.
+
+    With :math:`\pi_0 = \mathrm{softmax}(\ell)`,
+    :math:`\pi_1 = \tfrac12(\mathrm{softmax}(\ell/\lambda) + D)` and
+    :math:`J(p) = \mathrm{diag}(p) - p p^\top` (the softmax Jacobian at :math:`p`):
+
+    .. math:: \frac{\partial\,\mathrm{value}}{\partial \ell}
+              = 2\,J(\pi_1) - \tfrac12\,J(\pi_0),
+
+    the Heun (trapezoid) correction of straight-through's :math:`J(\pi_0)`. It is built as
+    ``hard + (s - s.detach())`` with :math:`s = 2\,J(\pi_1)\,\ell - \tfrac12\pi_0`,
+    :math:`\pi_1` held constant (so the temperature gets no gradient, as in the official
+    code), hence the value is exactly ``hard``. ``hard`` must be a one-hot sample of
+    :math:`\mathrm{softmax}(\ell)`, not of the tempered distribution.
+    """
+    pi_0 = torch.softmax(logits, dim=-1)
+    with torch.no_grad():
+        pi_1 = 0.5 * (torch.softmax(logits / temperature, dim=-1) + hard)
+    # J(pi_1) l = pi_1 * l - pi_1 (pi_1 . l); J is symmetric, so its transpose is itself.
+    linear = pi_1 * logits - pi_1 * (pi_1 * logits).sum(-1, keepdim=True)
+    soft = 2 * linear - 0.5 * pi_0
+    return hard + (soft - soft.detach())
+
+
+def reinmax_bernoulli(logits: Tensor, hard: Tensor, temperature: Tensor | float) -> Tensor:
+    r"""ReinMax for a Bernoulli: the two-class categorical with logits :math:`(0, \ell)`.
+
+    Forward: ``hard`` (exactly 0/1). Backward, with :math:`\pi_0 = \sigma(\ell)` and
+    :math:`\pi_1 = \tfrac12(\sigma(\ell/\lambda) + b)`:
+
+    .. math:: \frac{\partial\,\mathrm{value}}{\partial \ell}
+              = 2\,\pi_1(1 - \pi_1) - \tfrac12\,\pi_0(1 - \pi_0),
+
+    which is :func:`reinmax_categorical`'s gradient of the second coordinate of
+    :math:`(1 - b, b)` with respect to :math:`\ell` when only :math:`b` is used downstream.
+    """
+    with torch.no_grad():
+        pi_1 = 0.5 * (torch.sigmoid(logits / temperature) + hard)
+    soft = 2 * pi_1 * (1 - pi_1) * logits - 0.5 * torch.sigmoid(logits)
+    return hard + (soft - soft.detach())

@@ -5,6 +5,10 @@ and, in the backward pass, the gradient of a relaxation:
 
 - straight-through (Bengio et al. 2013; Jang et al. 2017): the relaxation of the very noise
   that produced the sample, :math:`\sigma(z/\lambda)` or :math:`\mathrm{softmax}(z/\lambda)`;
+- ReinMax (Liu et al. 2023): the second-order (Heun) correction of straight-through,
+  :math:`2J(\pi_1) - \frac12 J(\pi_0)` with :math:`\pi_0` the probabilities and
+  :math:`\pi_1 = \frac12(\mathrm{softmax}(\ell/\lambda) + b)`; **biased**, exact in
+  expectation for an :math:`f` quadratic in :math:`b` at :math:`\lambda = 1`;
 - Gumbel-Rao (Paulus et al. 2021): the average over :math:`K` conditional draws
   :math:`\tilde z_k \sim p(z \mid b)` of the same relaxation, with their noise held fixed
   as in straight-through, i.e. the straight-through gradient Rao-Blackwellised over the noise
@@ -24,6 +28,8 @@ References:
 - E. Jang, S. Gu, B. Poole (2017), *Categorical Reparameterization with Gumbel-Softmax*.
 - M. Paulus, C. Maddison, A. Krause (2021), *Rao-Blackwellizing the Straight-Through
   Gumbel-Softmax Gradient Estimator*.
+- L. Liu, C. Dong, X. Liu, B. Yu, J. Gao (2023), *Bridging Discrete and Backpropagation:
+  Straight-Through and Beyond*.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ __all__ = [
     "StraightThroughOneHotCategorical",
     "GumbelRaoBernoulli",
     "GumbelRaoOneHotCategorical",
+    "ReinMaxBernoulli",
+    "ReinMaxOneHotCategorical",
 ]
 
 
@@ -351,3 +359,103 @@ class GumbelRaoOneHotCategorical(StraightThroughOneHotCategorical):
         relaxation = GumbelCategorical(logits=self.logits, validate_args=False)
         soft = relaxation.rao_blackwellized_relax(hard, self.temperature, self.num_samples)
         return straight_through(hard, soft)
+
+
+class ReinMaxBernoulli(StraightThroughBernoulli):
+    r"""Bernoulli samples with the ReinMax gradient (Liu et al. 2023). **Biased.**
+
+    Forward: :math:`b \sim \mathrm{Bernoulli}(\sigma(\ell))`, exactly 0 or 1. Backward
+    (``functional.reinmax_bernoulli``), with :math:`\pi_1 = \frac12(\sigma(\ell/\lambda)
+    + b)`:
+
+    .. math:: \frac{\partial\,\mathrm{rsample}}{\partial \ell}
+              = 2\,\pi_1(1 - \pi_1) - \tfrac12\,\sigma(\ell)(1 - \sigma(\ell)).
+
+    The arguments are in the order of Pyro's relaxed distributions
+    (``temperature, probs, logits``); the paper prefers :math:`\lambda \ge 1` and at
+    :math:`\lambda = 1` the expected gradient of an :math:`f` quadratic in :math:`b` is
+    exact. The temperature gets no gradient (as in the official code).
+
+    Example::
+
+        >>> logits = torch.tensor([0.0, 3.0], requires_grad=True)
+        >>> b = ReinMaxBernoulli(1.0, logits=logits).rsample((4,))
+        >>> b.shape, bool(((b == 0) | (b == 1)).all()), b.requires_grad
+        (torch.Size([4, 2]), True, True)
+
+    :param temperature: :math:`\lambda > 0`.
+    :param probs: :math:`\theta = P(b = 1)` (exactly one of ``probs``, ``logits``).
+    :param logits: log-odds.
+    :param validate_args: as in :class:`torch.distributions.Distribution`.
+    """
+
+    def __init__(
+        self,
+        temperature: Tensor | float,
+        probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(temperature, logits=logits, probs=probs, validate_args=validate_args)
+
+    def expand(
+        self, batch_shape: SampleShape, _instance: ReinMaxBernoulli | None = None
+    ) -> ReinMaxBernoulli:
+        new = self._get_checked_instance(ReinMaxBernoulli, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def rsample(self, sample_shape: SampleShape = ()) -> Tensor:
+        with torch.no_grad():
+            hard = fn.heaviside(self._noise(sample_shape))
+        logits = self.logits.expand(hard.shape)
+        return fn.reinmax_bernoulli(logits, hard, self.temperature)
+
+
+class ReinMaxOneHotCategorical(StraightThroughOneHotCategorical):
+    r"""One-hot categorical samples with the ReinMax gradient (Liu et al. 2023). **Biased.**
+
+    Forward: :math:`D = \mathrm{onehot}(\arg\max z)`, a sample of
+    :math:`\mathrm{softmax}(\ell)`, exactly one-hot. Backward
+    (``functional.reinmax_categorical``), with :math:`J(p) = \mathrm{diag}(p) - pp^\top`,
+    :math:`\pi_0 = \mathrm{softmax}(\ell)` and
+    :math:`\pi_1 = \frac12(\mathrm{softmax}(\ell/\lambda) + D)`:
+
+    .. math:: \frac{\partial\,\mathrm{rsample}}{\partial \ell}
+              = 2\,J(\pi_1) - \tfrac12\,J(\pi_0).
+
+    Arguments in the order of Pyro's relaxed distributions (``temperature, probs,
+    logits``); the paper prefers :math:`\lambda \ge 1`.
+
+    Example::
+
+        >>> logits = torch.tensor([1.0, 0.0, -1.0], requires_grad=True)
+        >>> b = ReinMaxOneHotCategorical(1.0, logits=logits).rsample((2,))
+        >>> b.sum(-1).tolist(), b.requires_grad
+        ([1.0, 1.0], True)
+
+    :param temperature: :math:`\lambda > 0` (broadcasting against the batch shape).
+    :param probs: probabilities (exactly one of ``probs``, ``logits``).
+    :param logits: unnormalised log-probabilities.
+    :param validate_args: as in :class:`torch.distributions.Distribution`.
+    """
+
+    def __init__(
+        self,
+        temperature: Tensor | float,
+        probs: Tensor | None = None,
+        logits: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(temperature, logits=logits, probs=probs, validate_args=validate_args)
+
+    def expand(
+        self, batch_shape: SampleShape, _instance: ReinMaxOneHotCategorical | None = None
+    ) -> ReinMaxOneHotCategorical:
+        new = self._get_checked_instance(ReinMaxOneHotCategorical, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def rsample(self, sample_shape: SampleShape = ()) -> Tensor:
+        with torch.no_grad():
+            hard = fn.onehot_argmax(self._noise(sample_shape))
+        logits = self.logits.expand(hard.shape)
+        return fn.reinmax_categorical(logits, hard, self.temperature.unsqueeze(-1))

@@ -14,9 +14,19 @@ from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
 from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
+from pyro_discrete.estimators.reinmax import reinmax_logit_gradient
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
 from pyro_discrete.estimators.rodeo import gibbs_stein, gibbs_stein_score, rodeo_logit_gradient
+from pyro_discrete.estimators.unordered_set import (
+    event_without_replacement,
+    gumbel_top_k,
+    stochastic_beam_search,
+    unordered_set_baseline,
+    unordered_set_log_probs,
+    unordered_set_surrogate,
+    unordered_set_weights,
+)
 from pyro_discrete.estimators.vimco import vimco_bound_and_signals, vimco_surrogate
 
 __all__ = [
@@ -37,9 +47,17 @@ __all__ = [
     "nvil_signal",
     "nvil_update_statistics",
     "rebar_logit_gradient",
+    "reinmax_logit_gradient",
     "relax_logit_gradient",
     "rodeo_logit_gradient",
     "score_surrogate",
+    "event_without_replacement",
+    "gumbel_top_k",
+    "stochastic_beam_search",
+    "unordered_set_baseline",
+    "unordered_set_log_probs",
+    "unordered_set_surrogate",
+    "unordered_set_weights",
     "vimco_bound_and_signals",
     "vimco_surrogate",
 ]

@@ -93,8 +93,9 @@ EXPECTED_REFUSALS: dict[tuple[str, str], tuple[type[Exception], str]] = {
     },
     **_normal_refusals("test_particle_gradient[nonreparam]", "z"),
     **{
-        ("test_particle_gradient", est): (_ONE_PARTICLE[0], _ONE_PARTICLE[1].format(est=est))
-        for est in MULTI_SAMPLE
+        (case, est): (_ONE_PARTICLE[0], _ONE_PARTICLE[1].format(est=est))
+        for case in ("test_particle_gradient", "test_particle_gradient[nonreparam]")
+        for est in MULTI_SAMPLE  # refused at construction, before the site is seen
     },
     **_normal_refusals("test_subsample_gradient[nonreparam]", "z"),
     **_normal_refusals("test_plate[nonreparam]", "nuisance_c"),
