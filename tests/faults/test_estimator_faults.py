@@ -6,8 +6,8 @@ the site (a :class:`~pyro_discrete.infer.SiteError`, or for non-finite numbers a
 anything, or a correct, finite result. Never merely "does not crash".
 
 Each parametrised case is one fault; :data:`TALLY` counts them. Written against commit
-316d00a (258 cases then), where 89 of them were not handled cleanly (issue 11 items 1-4, 6, 9, 15, and
-changing or empty event blocks under NVIL / RELAX); all are handled now.
+316d00a (258 cases then), where 89 were not handled cleanly (issue 11 items 1-4, 6, 9, 15,
+and changing or empty event blocks under NVIL / RELAX); those are all handled now.
 """
 
 from __future__ import annotations
