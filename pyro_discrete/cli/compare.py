@@ -64,7 +64,7 @@ __all__ = [
 
 #: the planned end of a budgeted comparison, as a fraction of the budget: what the
 #: estimates of the last evaluations and the report may be off by without overrunning
-_PLANNED_FRACTION = 0.985
+_PLANNED_FRACTION = 0.99
 _EVAL_SEED_OFFSET = 12345
 
 
@@ -189,7 +189,7 @@ class _Comparison:
             self.variance_batches.append(task.args(loader.next_batch()))
         self.slots: dict[tuple[str, int], _Slot] = {}
         # measured costs: (seconds, schedule units) of the recent rounds, the last measurements
-        self.recent_rounds: collections.deque = collections.deque(maxlen=5)
+        self.recent_rounds: collections.deque = collections.deque(maxlen=10)
         self.eval_cost: float | None = None
         self.variance_cost: float | None = None
 
@@ -316,8 +316,7 @@ class _Comparison:
     def replan(self, schedule: Schedule, index: int) -> None:
         """After every round: the total that the recent rounds' rate affords in what is left.
 
-        Boundaries already reached stay; the rest are spread over the new total. Changes
-        under 1% are ignored, so that the points do not move for noise.
+        Boundaries already reached stay; the rest are spread over the new total.
         """
         s, costs = self.s, self.outcome.costs
         reached = schedule.targets[index]
@@ -332,7 +331,9 @@ class _Comparison:
         total = max(reached, reached + window / self.round_rate)
         if schedule.mode == "steps":
             total = min(s.steps, math.floor(total))
-        if abs(total - schedule.total) > 0.01 * schedule.total or total <= reached:
+        # shrinking at once keeps the end on time (the last round becomes a partial one);
+        # growing waits for 1%, so that the measurement points do not move for noise
+        if total < schedule.total or total > 1.01 * schedule.total:
             schedule.replan(index, total)
 
     # -- training ------------------------------------------------------------------

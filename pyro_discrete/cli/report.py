@@ -196,7 +196,7 @@ def _accounting(outcome: Outcome, clock: BudgetClock, total: float) -> list[str]
             f"start-up included); actual total {total:.1f}s to the report"
             + (f", {whole:.1f}s with the estimated exit" if exit_s else "")
             + f", {verdict}; {stop}. The planned "
-            "total includes a 1.5% reserve for estimation errors; the actual total ends when the "
+            "total includes a 1% reserve for estimation errors; the actual total ends when the "
             "plots are written, before the interpreter exits."
         )
     else:
