@@ -89,7 +89,7 @@ def test_time_budget_is_kept_and_accounted(capsys, tmp_path):
     t0 = time.perf_counter()
     code, _, err = run_main(
         capsys, *TINY, "--estimators", "reinforce,nvil", "--time-budget", str(budget),
-        "--out", str(out),
+        "--steps", "1000000", "--out", str(out),
     )  # fmt: skip
     wall = time.perf_counter() - t0
     assert code == 0, err
@@ -122,6 +122,7 @@ def test_time_budget_counts_from_process_start(data_cache, tmp_path):
     budget = 25.0
     out = tmp_path / "cmp"
     argv = [*TINY, "--estimators", "reinforce", "--time-budget", str(budget), "--out", str(out)]
+    argv += ["--steps", "1000000"]  # the budget, not --steps, ends training
     t0 = time.perf_counter()
     proc = run_subprocess(data_cache, *argv, timeout=120)
     wall = time.perf_counter() - t0

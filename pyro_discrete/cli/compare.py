@@ -139,8 +139,9 @@ class Outcome:
 
     ``results``: rows ``{"estimator", "seed", "metric", "step", "wall_time_s", "value"}``;
     ``runs``: per ``(estimator, seed index)``, the run's summary (steps, training time,
-    step-time quantiles, IW bound); ``stopped_by``: ``"steps"`` (the plan or ``--steps``
-    was reached) or ``"budget"`` (the budget's check stopped training before the plan).
+    step-time quantiles, IW bound); ``stopped_by``: ``"steps"`` (the plan was reached),
+    ``"--steps"`` (``--steps`` was reached before the budget needed it) or ``"budget"`` (the
+    budget's check stopped training before the plan).
     """
 
     settings: CompareSettings
@@ -367,7 +368,11 @@ class _Comparison:
                 self.outcome.load.sample()
                 bar.total = len(schedule.targets)
                 bar.update(1)
-                if self.clock.budget is not None and self.round_rate:
+                if (
+                    self.clock.budget is not None
+                    and self.round_rate
+                    and index < len(schedule.targets) - 1
+                ):
                     self.replan(schedule, index)
         finally:
             bar.close()
@@ -455,6 +460,8 @@ def _schedule(cmp: _Comparison, as_process: bool) -> Schedule:
     breakdown = ", ".join(f"{k} {v:.1f}s" for k, v in planned.items())
     step_costs = [costs.step[name] for _ in range(s.seeds) for name in s.estimators]
     total = plan_training(s.equal, window, step_costs, s.steps, breakdown)
+    if s.equal == "steps" and total >= s.steps:
+        cmp.outcome.stopped_by = "--steps"  # the budget affords more than asked for
     used = total * sum(step_costs) if s.equal == "steps" else total * runs
     planned["training"] = used + first_steps
     clock.planned = planned

@@ -186,11 +186,12 @@ def _accounting(outcome: Outcome, clock: BudgetClock, total: float) -> list[str]
             if abs(whole - s.time_budget) <= 0.05 * s.time_budget
             else f"{100 * (whole / s.time_budget - 1):+.0f}% off it"
         )
-        stop = (
-            "the budget check stopped training before the plan's end"
-            if outcome.stopped_by == "budget"
-            else "training ran to the plan's end"
-        )
+        stop = {
+            "budget": "the budget check stopped training before the plan's end",
+            "steps": "training ran to the plan's end",
+            "--steps": f"training ended at --steps {s.steps}, before the budget was needed (the "
+            "budget is an upper bound; raise --steps to use all of it)",
+        }[outcome.stopped_by]
         lines.append(
             f"Budget {s.time_budget:.1f}s, measured from the command's start (interpreter "
             f"start-up included); actual total {total:.1f}s to the report"
