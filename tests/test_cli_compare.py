@@ -18,7 +18,7 @@ import torch
 from cli_support import run_main, run_subprocess
 from scipy import stats as scipy_stats
 
-from pyro_discrete.cli import measure, report, stats
+from pyro_discrete.cli import measure, plots, report, stats
 from pyro_discrete.cli.schedule import Schedule
 from pyro_discrete.diagnostics import importance_weighted_bound
 
@@ -222,6 +222,29 @@ def test_ranking_only_outside_noise():
     assert "- c is better than b" in text
     assert re.search(r"- (a and c|c and a): within noise", text)  # c's interval covers a's
     assert "a is better than c" not in text and "c is better than a" not in text
+
+
+def test_plots_draw_a_band_per_estimator_with_seeds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    bands = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def fill_between(self, x, low, high, **kwargs):
+        bands.append((list(x), list(low), list(high)))
+        return original(self, x, low, high, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", fill_between)
+    values = {"a": [-100.0, -101.0, -99.0], "b": [-90.0, -90.5, -89.5]}
+    results = _fake_results(values)
+    s = SimpleNamespace(seeds=3, estimators=["a", "b"], eval_examples=50, model="m", reference="a")
+    plots.write_plots(tmp_path, s, results)
+    # two ELBO plots, one band per estimator each; the variance plot has no rows
+    assert len(bands) == 4
+    x, low, high = bands[0]
+    expected = stats.interval(values["a"])
+    assert low == pytest.approx([expected.low]) and high == pytest.approx([expected.high])
+    assert (tmp_path / "elbo_vs_time.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # -- equal time ---------------------------------------------------------------------------

@@ -116,9 +116,8 @@ class CompareSettings:
 class _Slot:
     """A run parked outside the live param store and RNG while other runs take their turn."""
 
-    def __init__(self, run: RunState, seed_index: int) -> None:
+    def __init__(self, run: RunState) -> None:
         self.run = run
-        self.seed_index = seed_index
         self.park()
 
     def park(self) -> None:
@@ -211,7 +210,7 @@ class _Comparison:
                     self.device,
                     self.inits[i],
                 )
-                self.slots[(name, i)] = _Slot(run, i)
+                self.slots[(name, i)] = _Slot(run)
 
     def _advance(self, slot: _Slot, mode: str, target: float) -> None:
         run = slot.resume()

@@ -72,7 +72,7 @@ def _plot(
         ax.set_xlim(*xlim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -82,7 +82,7 @@ def _plot(
 
 def write_plots(out: Path, s, results: list[dict]) -> None:
     """``elbo_vs_steps.png``, ``elbo_vs_time.png`` and ``grad_variance.png`` into ``out``."""
-    band = f", mean and 95% band over {s.seeds} seeds" if s.seeds > 1 else ""
+    band = f"\n(mean and 95% band over {s.seeds} seeds)" if s.seeds > 1 else ""
     _plot(
         out / "elbo_vs_steps.png",
         results,
