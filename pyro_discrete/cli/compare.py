@@ -266,19 +266,22 @@ class _Comparison:
     def _estimate(self, measured: float | None, calibrated: float) -> float:
         return calibrated if measured is None else measured
 
-    def after_training_cost(self) -> float:
-        """Seconds of the last evaluation, variance point, IW bounds and report."""
+    def measurement_costs(self) -> tuple[float, float]:
+        """Seconds of one evaluation boundary and of one variance boundary: as last measured,
+        else as calibrated."""
         costs, s = self.outcome.costs, self.s
-        runs = len(self.slots)
         return (
-            self._estimate(self.eval_cost, runs * costs.evaluation)
-            + self._estimate(
+            self._estimate(self.eval_cost, len(self.slots) * costs.evaluation),
+            self._estimate(
                 self.variance_cost,
                 s.seeds * costs.variance_point(s.estimators, s.variance_samples),
-            )
-            + runs * costs.iw_bound
-            + costs.report
+            ),
         )
+
+    def after_training_cost(self) -> float:
+        """Seconds of the last evaluation, variance point, IW bounds and report."""
+        costs = self.outcome.costs
+        return sum(self.measurement_costs()) + len(self.slots) * costs.iw_bound + costs.report
 
     @property
     def round_rate(self) -> float | None:
@@ -321,10 +324,12 @@ class _Comparison:
         s, costs = self.s, self.outcome.costs
         reached = schedule.targets[index]
         left_fraction = 1 - reached / schedule.total
+        runs = len(self.slots)
+        eval_cost, variance_cost = self.measurement_costs()
         measurements = (
-            math.ceil(s.eval_points * left_fraction) * self._estimate(self.eval_cost, 0.0)
-            + math.ceil(s.variance_points * left_fraction) * self._estimate(self.variance_cost, 0.0)
-            + len(self.slots) * costs.iw_bound
+            math.ceil(s.eval_points * left_fraction) * eval_cost
+            + math.ceil(s.variance_points * left_fraction) * variance_cost
+            + runs * costs.iw_bound
             + costs.report
         )
         window = self.end() - self.clock.now() - measurements
