@@ -134,8 +134,9 @@ def test_time_budget_counts_from_process_start(data_cache, tmp_path):
 
 
 def test_time_budget_too_small(capsys, tmp_path):
+    # 50 ms: less than the calibration alone (a few training steps and a plot) takes
     code, _, err = run_main(
-        capsys, *TINY, "--estimators", "reinforce", "--time-budget", "1", "--out",
+        capsys, *TINY, "--estimators", "reinforce", "--time-budget", "0.05", "--out",
         str(tmp_path / "cmp"),
     )  # fmt: skip
     assert code == 2 and "--time-budget" in err and "calibration" in err
