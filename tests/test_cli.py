@@ -1,5 +1,6 @@
 """The pyro-discrete command line: exit codes and messages on bad input, and tiny real runs."""
 
+import csv
 import json
 
 import pyro
@@ -243,9 +244,11 @@ def test_compare_writes_report_csv_and_plots(capsys, tmp_path):
     ]
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == "estimator,metric,step,wall_time_s,value"
-    metrics = {tuple(r.split(",")[:2]) for r in rows[1:]}
+    with (out / "results.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == cli.report.COLUMNS
+        rows = [r for r in reader if r["seed"] == "0"]  # one seed: the raw rows of seed 0
+    metrics = {(r["estimator"], r["metric"]) for r in rows}
     for name in ("reinforce", "rebar"):
         for metric in (
             "eval_elbo",
@@ -256,8 +259,8 @@ def test_compare_writes_report_csv_and_plots(capsys, tmp_path):
         ):
             assert (name, metric) in metrics
     # variance measured for both estimators at the reference (rebar) run's steps 3 and 6
-    variance = [r.split(",") for r in rows[1:] if ",grad_log_variance," in r]
-    assert sorted((r[0], r[2]) for r in variance) == [
+    variance = [r for r in rows if r["metric"] == "grad_log_variance"]
+    assert sorted((r["estimator"], r["step"]) for r in variance) == [
         ("rebar", "3"),
         ("rebar", "6"),
         ("reinforce", "3"),
@@ -265,10 +268,14 @@ def test_compare_writes_report_csv_and_plots(capsys, tmp_path):
     ]
     # timings are positive and the ELBO curve's clock only moves forward
     for name in ("reinforce", "rebar"):
-        rows_n = [r.split(",") for r in rows[1:] if r.startswith(f"{name},")]
-        timing = {r[1]: float(r[4]) for r in rows_n if r[1] in ("ms_per_step", "first_step_s")}
+        rows_n = [r for r in rows if r["estimator"] == name]
+        timing = {
+            r["metric"]: float(r["value"])
+            for r in rows_n
+            if r["metric"] in ("ms_per_step", "first_step_s")
+        }
         assert timing["ms_per_step"] > 0 and timing["first_step_s"] > 0
-        clock = [float(r[3]) for r in rows_n if r[1] == "eval_elbo"]
+        clock = [float(r["wall_time_s"]) for r in rows_n if r["metric"] == "eval_elbo"]
         assert clock[0] == 0 and clock == sorted(clock) and clock[-1] > 0
     report = (out / "report.md").read_text()
     assert "| reinforce |" in report and "| rebar |" in report
@@ -283,21 +290,6 @@ def test_failed_compare_leaves_nothing_behind(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "_write_report", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main([*COMPARE, "--estimators", "reinforce", "--out", str(tmp_path / "cmp")])
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_time_budget_too_small(capsys, tmp_path):
-    code, _, err = run_main(
-        capsys,
-        *COMPARE,
-        "--estimators",
-        "reinforce",
-        "--time-budget",
-        "1",
-        "--out",
-        str(tmp_path / "cmp"),
-    )
-    assert code == 2 and "--time-budget" in err
     assert list(tmp_path.iterdir()) == []
 
 

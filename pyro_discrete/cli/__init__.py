@@ -26,7 +26,10 @@ The package: :mod:`~pyro_discrete.cli.parser` (options), :mod:`~pyro_discrete.cl
 :mod:`~pyro_discrete.cli.compare`, :mod:`~pyro_discrete.cli.evaluate`,
 :mod:`~pyro_discrete.cli.demo` (the subcommands), :mod:`~pyro_discrete.cli.training` (the
 loop), :mod:`~pyro_discrete.cli.rundir`, :mod:`~pyro_discrete.cli.metrics` and
-:mod:`~pyro_discrete.cli.lock` (the run directory), :mod:`~pyro_discrete.cli.report`.
+:mod:`~pyro_discrete.cli.lock` (the run directory); for ``compare``,
+:mod:`~pyro_discrete.cli.schedule` (rounds), :mod:`~pyro_discrete.cli.budget` (calibration and
+the budget's account), :mod:`~pyro_discrete.cli.measure` (ELBO, IW bound, gradient variance),
+:mod:`~pyro_discrete.cli.stats` (intervals over seeds) and :mod:`~pyro_discrete.cli.report`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,11 +50,13 @@ from pyro_discrete.datasets import DataNotFoundError
 from pyro_discrete.datasets._cache import cache_location
 from pyro_discrete.models import UnknownModelError
 
-from .compare import CV_PREFIX, CompareSettings, cmd_compare, run_compare
+from .budget import process_start
+from .compare import CompareSettings, cmd_compare, run_compare
 from .demo import DEMO_ESTIMATORS, cmd_demo
 from .errors import CLIError, Interrupted
 from .evaluate import cmd_evaluate
 from .fit import cmd_fit
+from .measure import CV_PREFIX
 from .parser import build_parser
 from .report import write_report as _write_report  # noqa: F401 - compare calls it from here
 from .rundir import load_param_store_state, param_store_state
@@ -103,8 +109,15 @@ def _os_error_message(e: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pyro-discrete`` console script; returns the exit status."""
+    """Entry point of the ``pyro-discrete`` console script; returns the exit status.
+
+    Run as a command (``argv`` is ``None``), the process's start is the origin of
+    ``compare --time-budget``: interpreter start-up and imports are part of the budget.
+    """
+    called = time.perf_counter()
+    started = (process_start() if argv is None else None) or called
     args = build_parser().parse_args(argv)
+    args.started, args.as_process = started, argv is None
     if args.threads:
         torch.set_num_threads(args.threads)
     previous = None

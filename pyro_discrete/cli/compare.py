@@ -1,19 +1,26 @@
-"""``pyro-discrete compare``: train several estimators from one start, taking turns.
+"""``pyro-discrete compare``: train several estimators from the same starts, taking turns.
 
-Every estimator starts from the same initialisation and sees the same minibatches. They
-take turns, a round of a few steps each, so that all of them have done the same number of
-steps whenever the time budget stops training, and so that changes in machine load affect
-them alike; each run keeps its own param store and RNG stream between turns (a
-:class:`_Slot`), so the result does not depend on the interleaving. Along the way the ELBO is
-evaluated on fixed data (on its own RNG stream, off the training clock) and the parameters
-of the reference run and every run's control-variate state are kept; at the end every
-estimator's gradient variance is measured at the reference run's parameters (REBAR paper,
-Tucker et al. 2017, Fig. 2).
+For every seed :math:`i` of ``--seeds N`` (``--seed``, ``--seed + 1``, ...), every estimator
+starts from the same initialisation and sees the same minibatches; different seeds give
+independent initialisations and data orders, so that the spread over seeds says how much of
+a difference between estimators is noise. All runs take turns in short rounds
+(:mod:`~pyro_discrete.cli.schedule`), so that changes in machine load affect them alike;
+each run keeps its own param store and RNG stream between turns (a :class:`_Slot`), so the
+result does not depend on the interleaving.
+
+``--equal steps`` (the default) gives every run the same number of steps; ``--equal time``
+the same training wall time (the number of steps then differs). At the evaluation
+boundaries the ELBO is evaluated on fixed data (on its own RNG stream, off the training
+clock), and at the variance boundaries every estimator's gradient variance is measured at
+the reference run's parameters of the same seed, with its own control-variate state (REBAR
+paper, Tucker et al. 2017, Fig. 2). ``--time-budget`` is planned and kept as
+:mod:`~pyro_discrete.cli.budget` describes.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import math
@@ -29,21 +36,36 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_discrete.diagnostics import elbo_estimate, gradient_variance, importance_weighted_bound
 from pyro_discrete.infer import ESTIMATORS
 
+from .budget import BudgetClock, Costs, calibrate
 from .errors import CLIError
 from .lock import RunLock
-from .rundir import load_param_store_state, param_store_state
-from .tasks import Task, check_model_name, make_device, make_elbo, make_task
-from .training import RunState, advance, new_run, progress_bar, register_modules
+from .measure import (
+    control_variate_state,
+    elbo_on_fixed_data,
+    evaluation_data,
+    iw_bound,
+    variance_at,
+)
+from .schedule import Schedule, plan_training, rounds_for
+from .stats import LoadMonitor, quantile
+from .tasks import Task, check_model_name, make_device, make_task
+from .training import RunState, advance, new_run, progress_bar
 
-__all__ = ["CompareSettings", "run_compare", "cmd_compare", "compare_settings", "compare_into"]
+__all__ = [
+    "CompareSettings",
+    "Outcome",
+    "run_compare",
+    "cmd_compare",
+    "compare_settings",
+    "compare_into",
+]
 
-CV_PREFIX = "pyro_discrete/"
-# NVIL divides its learning signal by a running standard deviation, which rescales its
-# gradient; variances are compared on the unscaled (unbiased) estimate.
-_UNSCALED = {"nvil": {"normalize_variance": False}}
+#: the planned end of a budgeted comparison, as a fraction of the budget: what the
+#: estimates of the last evaluations and the report may be off by without overrunning
+_PLANNED_FRACTION = 0.99
+_EVAL_SEED_OFFSET = 12345
 
 
 def estimator_list(text: str) -> list[str]:
@@ -81,58 +103,14 @@ class CompareSettings:
     eval_examples: int
     iw_samples: int
     time_budget: float | None
+    #: independent initialisations and data orders per estimator
+    seeds: int = 1
+    #: ``"steps"``: the same number of steps for every run; ``"time"``: the same training time
+    equal: str = "steps"
 
-
-def _calibrate(
-    task: Task, s: CompareSettings, device: torch.device, init: dict, steps: int = 12
-) -> tuple[dict[str, float], float]:
-    """Seconds per training step of each estimator, measured on a throwaway run, and the
-    total start-up time (first steps build caches and control-variate networks)."""
-    timings, startup = {}, 0.0
-    for name in s.estimators:
-        run = new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
-        svi = run.svi
-        t0 = time.perf_counter()
-        for _ in range(2):
-            svi.step(*task.args(run.loader.next_batch()))
-        startup += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            svi.step(*task.args(run.loader.next_batch()))
-        timings[name] = (time.perf_counter() - t0) / steps
-    pyro.clear_param_store()
-    return timings, startup
-
-
-def _plan(
-    task: Task, s: CompareSettings, device: torch.device, init: dict, t_start: float
-) -> tuple[int, float, dict | None]:
-    """Steps per estimator, the training deadline and the calibration timings."""
-    if s.time_budget is None:
-        return s.steps, math.inf, None
-    timings, startup = _calibrate(task, s, device, init)
-    per_step = sum(timings.values())
-    # a variance draw costs about one training step; the runs repeat the start-up cost
-    overhead = s.variance_points * s.variance_samples * per_step * 1.2 + startup + 10
-    spent = time.perf_counter() - t_start
-    affordable = int((0.9 * s.time_budget - spent - overhead) / per_step)
-    if affordable < 20:
-        raise CLIError(
-            f"--time-budget {s.time_budget:.0f}s affords only {max(affordable, 0)} steps "
-            f"per estimator (about {1000 * per_step:.0f} ms for one step of all of them); "
-            "raise the budget or drop estimators"
-        )
-    planned = min(s.steps, affordable)
-    print(
-        f"time budget {s.time_budget:.0f}s: planning {planned} steps per estimator "
-        "(measured ms/step: " + ", ".join(f"{n} {1000 * t:.1f}" for n, t in timings.items()) + ")",
-        file=sys.stderr,
-    )
-    return planned, t_start + 0.9 * s.time_budget, timings
-
-
-def _measurement_steps(steps: int, points: int) -> list[int]:
-    return sorted({max(1, round(steps * (i + 1) / points)) for i in range(points)})
+    def run_seed(self, index: int) -> int:
+        """The seed of the ``index``-th initialisation and data order."""
+        return self.seed + index
 
 
 class _Slot:
@@ -155,25 +133,35 @@ class _Slot:
 
 
 @dataclass
-class _Probes:
-    """What is measured along the training runs, and the rows of ``results.csv``."""
+class Outcome:
+    """Everything the report is written from.
+
+    ``results``: rows ``{"estimator", "seed", "metric", "step", "wall_time_s", "value"}``;
+    ``runs``: per ``(estimator, seed index)``, the run's summary (steps, training time,
+    step-time quantiles, IW bound); ``stopped_by``: ``"steps"`` (the plan was reached),
+    ``"--steps"`` (``--steps`` was reached before the budget needed it) or ``"budget"`` (the
+    budget's check stopped training before the plan).
+    """
 
     settings: CompareSettings
-    eval_args: tuple
-    eval_steps: set[int]
-    var_steps: set[int]
     results: list[dict] = field(default_factory=list)
-    reference_states: dict[int, dict] = field(default_factory=dict)
-    cv_states: dict[str, dict[int, dict]] = field(default_factory=dict)
+    runs: dict[tuple[str, int], dict] = field(default_factory=dict)
+    costs: Costs | None = None
+    planned_total: float | None = None
+    #: seconds kept free at the end for the interpreter to exit (run as a command)
+    exit_reserve: float = 0.0
+    #: the plan's steps (``--equal steps``) or seconds of training (``--equal time``) per run
+    schedule_total: float = 0.0
+    stopped_by: str = "steps"
+    load: LoadMonitor = field(default_factory=LoadMonitor)
 
-    @property
-    def eval_seed(self) -> int:
-        return self.settings.seed + 12345
-
-    def record(self, estimator: str, metric: str, step: int, wall: float, value: float) -> None:
+    def record(
+        self, estimator: str, seed: int, metric: str, step: int, wall: float, value: float
+    ) -> None:
         self.results.append(
             {
                 "estimator": estimator,
+                "seed": seed,
                 "metric": metric,
                 "step": step,
                 "wall_time_s": wall,
@@ -181,159 +169,356 @@ class _Probes:
             }
         )
 
-    def evaluate(self, run: RunState, on_clock: bool = True) -> None:
+
+class _Comparison:
+    """The runs of one comparison, what is measured along them, and the budget's account."""
+
+    def __init__(
+        self, s: CompareSettings, task: Task, device: torch.device, clock: BudgetClock
+    ) -> None:
+        self.s, self.task, self.device, self.clock = s, task, device, clock
+        self.outcome = Outcome(s)
+        self.eval_args = evaluation_data(task, s.eval_examples, s.seed, device)
+        self.inits, self.variance_batches = [], []
+        for i in range(s.seeds):
+            seed = s.run_seed(i)
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            self.inits.append(copy.deepcopy(task.build_model().state_dict()))
+            loader = task.loader(s.batch_size, seed + 1, device)
+            self.variance_batches.append(task.args(loader.next_batch()))
+        self.slots: dict[tuple[str, int], _Slot] = {}
+        # measured costs: (seconds, schedule units) of the recent rounds, the last measurements
+        self.recent_rounds: collections.deque = collections.deque(maxlen=10)
+        self.eval_cost: float | None = None
+        self.variance_cost: float | None = None
+
+    # -- the runs ------------------------------------------------------------------
+
+    def start_runs(self) -> None:
+        """A run per seed and estimator, seed-major, each evaluated at step 0."""
+        s = self.s
+        for i in range(s.seeds):
+            for name in s.estimators:
+                run = new_run(
+                    self.task,
+                    name,
+                    s.lr,
+                    s.cv_lr_factor,
+                    s.batch_size,
+                    s.run_seed(i),
+                    self.device,
+                    self.inits[i],
+                )
+                self.slots[(name, i)] = _Slot(run)
+
+    def _advance(self, slot: _Slot, mode: str, target: float) -> None:
+        run = slot.resume()
+        if mode == "steps":
+            advance(run, int(target), on_step=None)
+        elif run.train_time < target:
+            advance(run, sys.maxsize, on_step=None, stop=lambda: run.train_time >= target)
+        slot.park()
+
+    # -- measurements --------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Every run's ELBO on the fixed evaluation data, at its current step."""
         t0 = time.perf_counter()
-        rng = torch.get_rng_state()  # a separate stream: evaluating leaves training alone
-        pyro.set_rng_seed(self.eval_seed + run.step)
-        value = elbo_estimate(run.model.model, run.model.guide, *self.eval_args)
-        torch.set_rng_state(rng)
-        self.record(run.name, "eval_elbo", run.step, run.train_time, value)
-        if on_clock:  # called during training: keep it off the training time
-            run.excluded += time.perf_counter() - t0
+        for (name, i), slot in self.slots.items():
+            run = slot.resume()
+            seed = self.s.run_seed(i) + _EVAL_SEED_OFFSET + run.step
+            value = elbo_on_fixed_data(run, self.eval_args, seed)
+            self.outcome.record(name, i, "eval_elbo", run.step, run.train_time, value)
+            slot.park()
+        self.eval_cost = time.perf_counter() - t0
 
-    def snapshot(self, run: RunState) -> None:
-        self.cv_states.setdefault(run.name, {})[run.step] = param_store_state(CV_PREFIX)
-        if run.name == self.settings.reference:
-            self.reference_states[run.step] = copy.deepcopy(run.model.state_dict())
+    def measure_variance(self) -> None:
+        """Every estimator's gradient variance at each seed's reference-run parameters."""
+        t0 = time.perf_counter()
+        s = self.s
+        for i in range(s.seeds):
+            reference = self.slots[(s.reference, i)].resume()
+            state = copy.deepcopy(reference.model.state_dict())
+            step, wall = reference.step, reference.train_time
+            self.slots[(s.reference, i)].park()
+            cv_states = {}
+            for name in s.estimators:  # each estimator's own control-variate state, now
+                self.slots[(name, i)].resume()
+                cv_states[name] = control_variate_state()
+                self.slots[(name, i)].park()
+            for name in s.estimators:
+                value = variance_at(
+                    self.task,
+                    name,
+                    state,
+                    cv_states[name],
+                    self.variance_batches[i],
+                    s.variance_samples,
+                    s.run_seed(i) + step,
+                    self.device,
+                )
+                self.outcome.record(name, i, "grad_log_variance", step, wall, value)
+        self.variance_cost = time.perf_counter() - t0
 
-    def on_step(self, run: RunState) -> None:
-        if run.step in self.eval_steps:
-            self.evaluate(run)
-        if run.step in self.var_steps:
-            self.snapshot(run)
+    # -- the budget ----------------------------------------------------------------
 
+    def _estimate(self, measured: float | None, calibrated: float) -> float:
+        return calibrated if measured is None else measured
 
-def _evaluation_data(task: Task, s: CompareSettings, device: torch.device) -> tuple:
-    rows = task.train[: s.eval_examples]
-    if task.train_probs is not None:  # dynamic binarisation: evaluate on one fixed draw
-        rows = (
-            torch.rand(rows.shape, generator=torch.Generator().manual_seed(s.seed)) < rows
-        ).float()
-    return task.args(rows.to(device))
-
-
-def _train_in_turns(
-    slots: dict[str, _Slot], probes: _Probes, planned: int, deadline: float, progress: bool
-) -> int:
-    """Rounds of a few steps per run until ``planned`` or the deadline; the steps done."""
-    chunk = max(1, min(50, planned // 40))
-    bar = progress_bar(planned * len(slots), 0, "training", progress)
-    done = 0
-    try:
-        while done < planned:
-            t_round = time.perf_counter()
-            target = min(done + chunk, planned)
-            for slot in slots.values():
-                advance(slot.resume(), target, bar=bar, on_step=probes.on_step)
-                slot.park()
-            done = target
-            if time.perf_counter() + (time.perf_counter() - t_round) > deadline:
-                break
-    finally:
-        bar.close()
-    if done < planned:
-        print(f"time budget: stopped every estimator at step {done} of {planned}", file=sys.stderr)
-    return done
-
-
-def _finish_run(
-    run: RunState, probes: _Probes, task: Task, done: int, device: torch.device
-) -> dict:
-    """Final measurements of one run; its summary for the report."""
-    s, name = probes.settings, run.name
-    if done not in probes.eval_steps:
-        probes.evaluate(run, on_clock=False)
-    if done not in probes.var_steps:
-        probes.snapshot(run)
-    for row in run.history:
-        probes.record(
-            name, "train_elbo_ema", row["step"], row["wall_time_s"], row["train_elbo_ema"]
+    def measurement_costs(self) -> tuple[float, float]:
+        """Seconds of one evaluation boundary and of one variance boundary: as last measured,
+        else as calibrated."""
+        costs, s = self.outcome.costs, self.s
+        return (
+            self._estimate(self.eval_cost, len(self.slots) * costs.evaluation),
+            self._estimate(
+                self.variance_cost,
+                s.seeds * costs.variance_point(s.estimators, s.variance_samples),
+            ),
         )
-    # the first step builds caches and networks: reported apart from the steady rate
-    ms = 1000 * (run.train_time - run.first_step_s) / max(done - 1, 1)
-    probes.record(name, "ms_per_step", done, run.train_time, ms)
-    probes.record(name, "first_step_s", 1, run.first_step_s, run.first_step_s)
-    summary = {"ms_per_step": ms, "train_time_s": run.train_time, "first_step_s": run.first_step_s}
-    if s.iw_samples:
-        valid = task.args(task.split_rows("valid")[: s.eval_examples].to(device))
-        pyro.set_rng_seed(probes.eval_seed)
-        summary["valid_iw_bound"] = importance_weighted_bound(
-            run.model.model,
-            run.model.guide,
-            *valid,
-            num_samples=s.iw_samples,
-            chunk_size=min(s.iw_samples, 50),
+
+    def after_training_cost(self) -> float:
+        """Seconds of the last evaluation, variance point, IW bounds and report."""
+        costs = self.outcome.costs
+        return sum(self.measurement_costs()) + len(self.slots) * costs.iw_bound + costs.report
+
+    @property
+    def round_rate(self) -> float | None:
+        """Seconds per unit of the schedule (a step of every run, or a second of each run's
+        training), over the recent rounds: the current load, not the calibration's."""
+        if not self.recent_rounds:
+            return None
+        return sum(w for w, _ in self.recent_rounds) / sum(u for _, u in self.recent_rounds)
+
+    def end(self) -> float:
+        """When (seconds after the start) the report should be written."""
+        return self.clock.budget * _PLANNED_FRACTION - self.outcome.exit_reserve
+
+    def round_cost(self, schedule: Schedule, index: int) -> float:
+        previous = schedule.targets[index - 1] if index else 0.0
+        step = schedule.targets[index] - previous
+        if self.round_rate is not None:
+            return self.round_rate * step
+        costs = self.outcome.costs
+        first = sum(costs.first_steps.values()) * self.s.seeds
+        if schedule.mode == "steps":
+            return first + step * self.s.seeds * sum(costs.step.values())
+        return first + step * len(self.slots)
+
+    def round_fits(self, schedule: Schedule, index: int) -> bool:
+        """Whether the round to boundary ``index``, and everything after it, fit the budget."""
+        if self.clock.budget is None or index == 0:
+            return True
+        end = self.end()
+        upcoming = self.round_cost(schedule, index)
+        # after the round: its boundary's evaluation and variance point (scheduled there, or
+        # the final ones if training stops there), the IW bounds and the report
+        return self.clock.now() + upcoming + self.after_training_cost() <= end
+
+    def replan(self, schedule: Schedule, index: int) -> None:
+        """After every round: the total that the recent rounds' rate affords in what is left.
+
+        Boundaries already reached stay; the rest are spread over the new total.
+        """
+        s, costs = self.s, self.outcome.costs
+        reached = schedule.targets[index]
+        left_fraction = 1 - reached / schedule.total
+        runs = len(self.slots)
+        eval_cost, variance_cost = self.measurement_costs()
+        measurements = (
+            math.ceil(s.eval_points * left_fraction) * eval_cost
+            + math.ceil(s.variance_points * left_fraction) * variance_cost
+            + runs * costs.iw_bound
+            + costs.report
         )
-        probes.record(
-            name, f"valid_iw_bound_k{s.iw_samples}", done, run.train_time, summary["valid_iw_bound"]
-        )
-    return summary
+        window = self.end() - self.clock.now() - measurements
+        total = max(reached, reached + window / self.round_rate)
+        if schedule.mode == "steps":
+            total = min(s.steps, math.floor(total))
+        # shrinking at once keeps the end on time (the last round becomes a partial one);
+        # growing waits for 1%, so that the measurement points do not move for noise
+        if total < schedule.total or total > 1.01 * schedule.total:
+            schedule.replan(index, total)
+
+    # -- training ------------------------------------------------------------------
+
+    def train(self, schedule: Schedule, progress: bool) -> int:
+        """Rounds until the schedule ends or the budget says stop; the last boundary reached."""
+        bar = progress_bar(len(schedule.targets), 0, "training rounds", progress)
+        done, evaluated, measured = -1, True, True
+        try:
+            while done + 1 < len(schedule.targets):
+                index = done + 1
+                if not self.round_fits(schedule, index):
+                    self.outcome.stopped_by = "budget"
+                    break
+                t0 = time.perf_counter()
+                with self.clock.phase("training"):
+                    for slot in self.slots.values():
+                        self._advance(slot, schedule.mode, schedule.targets[index])
+                previous = schedule.targets[index - 1] if index else 0.0
+                if index:  # the first round holds the first steps (caches, networks)
+                    units = schedule.targets[index] - previous
+                    self.recent_rounds.append((time.perf_counter() - t0, units))
+                done = index
+                evaluated, measured = index in schedule.evals, index in schedule.variances
+                if evaluated:
+                    with self.clock.phase("evaluations"):
+                        self.evaluate()
+                if measured:
+                    with self.clock.phase("gradient variance"):
+                        self.measure_variance()
+                self.outcome.load.sample()
+                bar.total = len(schedule.targets)
+                bar.update(1)
+                if (
+                    self.clock.budget is not None
+                    and self.round_rate
+                    and index < len(schedule.targets) - 1
+                ):
+                    self.replan(schedule, index)
+        finally:
+            bar.close()
+        if not evaluated:  # the final figures are always measured at the last boundary
+            with self.clock.phase("evaluations"):
+                self.evaluate()
+        if not measured:
+            with self.clock.phase("gradient variance"):
+                self.measure_variance()
+        return done
+
+    def finish(self) -> None:
+        """Timing summaries and IW bounds of every run."""
+        s = self.s
+        valid = None
+        if s.iw_samples:
+            valid = self.task.args(self.task.split_rows("valid")[: s.eval_examples].to(self.device))
+        for (name, i), slot in self.slots.items():
+            run = slot.resume()
+            steady = run.step_times[1:] or run.step_times
+            summary = {
+                "steps": run.step,
+                "train_time_s": run.train_time,
+                "first_step_s": run.first_step_s or 0.0,
+                "ms_per_step": 1000 * quantile(steady, 0.5),
+                "ms_p10": 1000 * quantile(steady, 0.1),
+                "ms_p25": 1000 * quantile(steady, 0.25),
+                "ms_p75": 1000 * quantile(steady, 0.75),
+                "ms_p90": 1000 * quantile(steady, 0.9),
+            }
+            record = self.outcome.record
+            for row in run.history:
+                record(
+                    name,
+                    i,
+                    "train_elbo_ema",
+                    row["step"],
+                    row["wall_time_s"],
+                    row["train_elbo_ema"],
+                )
+            for key in ("ms_per_step", "ms_p10", "ms_p90", "first_step_s", "steps"):
+                record(name, i, key, run.step, run.train_time, summary[key])
+            if valid is not None:
+                with self.clock.phase("evaluations"):
+                    bound = iw_bound(
+                        run.model, valid, s.iw_samples, s.run_seed(i) + _EVAL_SEED_OFFSET
+                    )
+                summary["valid_iw_bound"] = bound
+                record(name, i, f"valid_iw_bound_k{s.iw_samples}", run.step, run.train_time, bound)
+            self.outcome.runs[(name, i)] = summary
+            slot.park()
+        pyro.clear_param_store()
 
 
-def _measure_variances(task: Task, probes: _Probes, done: int, device: torch.device) -> list[int]:
-    """Every estimator's gradient variance at the reference run's parameters; the steps."""
-    s = probes.settings
-    batch = task.args(task.loader(s.batch_size, s.seed + 1, device).next_batch())
-    points = sorted(p for p in probes.reference_states if p <= done)
+def _schedule(cmp: _Comparison, as_process: bool) -> Schedule:
+    """Plan the training: with a budget, calibrate and fit the plan into it."""
+    s, clock = cmp.s, cmp.clock
+    if s.time_budget is None:
+        return Schedule(
+            "steps", s.steps, rounds_for("steps", s.steps, None), s.eval_points, s.variance_points
+        )
+    with clock.phase("calibration"):
+        costs = calibrate(cmp.task, s, cmp.device, cmp.inits[0])
+    cmp.outcome.costs = costs
+    runs = s.seeds * len(s.estimators)
+    planned = {
+        "start-up": clock.spent["start-up"],
+        "calibration": clock.spent["calibration"],
+        "evaluations": (s.eval_points + 1) * runs * costs.evaluation + runs * costs.iw_bound,
+        "gradient variance": s.variance_points
+        * s.seeds
+        * costs.variance_point(s.estimators, s.variance_samples),
+        "report": costs.report,
+    }
+    first_steps = s.seeds * sum(costs.first_steps.values())
+    if as_process:
+        # the interpreter's exit (unloading torch and the rest) comes after the report; it
+        # takes about 40% of the import time measured at the start (1-3 s on a loaded
+        # 2-core machine): kept free so that the process, not only the report, ends in time
+        cmp.outcome.exit_reserve = 0.4 * clock.spent["start-up"]
+        planned["interpreter exit"] = cmp.outcome.exit_reserve
+    end = s.time_budget * _PLANNED_FRACTION - cmp.outcome.exit_reserve
+    after = ("evaluations", "gradient variance", "report")
+    window = end - clock.now() - sum(planned[k] for k in after) - first_steps
+    breakdown = ", ".join(f"{k} {v:.1f}s" for k, v in planned.items())
+    step_costs = [costs.step[name] for _ in range(s.seeds) for name in s.estimators]
+    total = plan_training(s.equal, window, step_costs, s.steps, breakdown)
+    if s.equal == "steps" and total >= s.steps:
+        cmp.outcome.stopped_by = "--steps"  # the budget affords more than asked for
+    used = total * sum(step_costs) if s.equal == "steps" else total * runs
+    planned["training"] = used + first_steps
+    clock.planned = planned
+    # with the reserve for estimation errors, the plan adds up to the budget
+    cmp.outcome.planned_total = sum(planned.values()) + s.time_budget * (1 - _PLANNED_FRACTION)
+    unit = "steps" if s.equal == "steps" else "s of training"
     print(
-        f"measuring gradient variance at {len(points)} points of the {s.reference} run "
-        f"({s.variance_samples} draws each)",
+        f"time budget {s.time_budget:.0f}s: planning {total:.4g} {unit} per run "
+        "(measured ms/step: "
+        + ", ".join(f"{n} {1000 * t:.1f}" for n, t in costs.step.items())
+        + ")",
         file=sys.stderr,
     )
-    for point in points:
-        for name in s.estimators:
-            pyro.clear_param_store()
-            pyro.set_rng_seed(s.seed + point)
-            model = task.build_model()
-            model.load_state_dict(probes.reference_states[point])
-            model.to(device)
-            register_modules(model, batch)
-            load_param_store_state(probes.cv_states[name][point])
-            stats = gradient_variance(
-                make_elbo(name, **_UNSCALED.get(name, {})),
-                model.model,
-                model.guide,
-                *batch,
-                num_samples=s.variance_samples,
-            )
-            probes.record(name, "grad_log_variance", point, float("nan"), stats.log_mean_variance)
-    pyro.clear_param_store()
-    return points
-
-
-def run_compare(s: CompareSettings, out: Path, progress: bool = True) -> Path:
-    """Train every estimator from one initialisation and write the report to ``out``."""
-    t_start = time.perf_counter()
-    device = make_device(s.device)
-    task = make_task(s.model, s.data, s.binarization, s.seed)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(s.seed)
-    init = copy.deepcopy(task.build_model().state_dict())
-    planned, deadline, timings = _plan(task, s, device, init, t_start)
-    probes = _Probes(
-        s,
-        _evaluation_data(task, s, device),
-        set(_measurement_steps(planned, s.eval_points)),
-        set(_measurement_steps(planned, s.variance_points)),
+    return Schedule(
+        s.equal,
+        total,
+        rounds_for(s.equal, total, max(costs.step.values())),
+        s.eval_points,
+        s.variance_points,
     )
-    slots = {}
-    for name in s.estimators:
-        run = new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
-        probes.evaluate(run, on_clock=False)
-        slots[name] = _Slot(run)
-    done = _train_in_turns(slots, probes, planned, deadline, progress)
-    summaries = {}
-    for name, slot in slots.items():
-        summaries[name] = _finish_run(slot.resume(), probes, task, done, device)
-        slot.park()
-    del slots
-    points = _measure_variances(task, probes, done, device)
+
+
+def run_compare(
+    s: CompareSettings,
+    out: Path,
+    progress: bool = True,
+    started: float | None = None,
+    as_process: bool = False,
+) -> Path:
+    """Train every estimator from each seed's initialisation and write the report to ``out``.
+
+    ``started``: when the command started (:func:`time.perf_counter`), the origin of
+    ``--time-budget``; default now. ``as_process``: the command is the whole process, whose
+    exit after the report is planned for.
+    """
+    clock = BudgetClock(time.perf_counter() if started is None else started, s.time_budget)
+    clock.spent["start-up"] = clock.now()
+    with clock.phase("start-up"):
+        device = make_device(s.device)
+        task = make_task(s.model, s.data, s.binarization, s.seed)
+        cmp = _Comparison(s, task, device, clock)
+    schedule = _schedule(cmp, as_process)
+    with clock.phase("start-up"):
+        cmp.start_runs()
+    with clock.phase("evaluations"):
+        cmp.evaluate()  # step 0: every curve starts at its initialisation
+    cmp.train(schedule, progress)
+    cmp.finish()
+    cmp.outcome.schedule_total = schedule.total
     # looked up through the package so that a caller (or a test) can replace the writer
     from pyro_discrete import cli
 
-    cli._write_report(
-        out, s, done, probes.results, summaries, timings, points, time.perf_counter() - t_start
-    )
+    cli._write_report(out, cmp.outcome, clock)
     return out / "report.md"
 
 
@@ -345,14 +530,27 @@ def compare_settings(args: argparse.Namespace, estimators: Sequence[str]) -> Com
             f"--reference {reference} is not among --estimators ({', '.join(estimators)})"
         )
     check_model_name(args.model)
-    if args.steps < 1 or args.batch_size < 1:
+    if args.equal == "time" and args.time_budget is None:
+        raise CLIError(
+            "--equal time needs --time-budget: the training time per run is what the budget "
+            "leaves after calibration, evaluations and the report"
+        )
+    if args.equal == "time" and args.steps is not None:
+        raise CLIError(
+            "--steps has no effect with --equal time (every run trains for the same time); "
+            "drop --steps, or use --equal steps"
+        )
+    steps = args.default_steps if args.steps is None else args.steps
+    if steps < 1 or args.batch_size < 1:
         raise CLIError("--steps and --batch-size must be positive")
+    if args.seeds < 1:
+        raise CLIError("--seeds must be at least 1")
     if args.variance_samples < 2:
         raise CLIError("--variance-samples must be at least 2")
     return CompareSettings(
         model=args.model,
         estimators=list(estimators),
-        steps=args.steps,
+        steps=steps if args.equal == "steps" else sys.maxsize,
         batch_size=args.batch_size,
         lr=args.lr,
         cv_lr_factor=args.cv_lr_factor,
@@ -367,6 +565,8 @@ def compare_settings(args: argparse.Namespace, estimators: Sequence[str]) -> Com
         eval_examples=args.eval_examples,
         iw_samples=args.iw_samples,
         time_budget=args.time_budget,
+        seeds=args.seeds,
+        equal=args.equal,
     )
 
 
@@ -383,7 +583,14 @@ def _publish(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def compare_into(out: Path, overwrite: bool, settings: CompareSettings, progress: bool) -> Path:
+def compare_into(
+    out: Path,
+    overwrite: bool,
+    settings: CompareSettings,
+    progress: bool,
+    started: float | None = None,
+    as_process: bool = False,
+) -> Path:
     """:func:`run_compare` into a hidden sibling of ``out``, renamed into place when whole.
 
     An interrupted or failed comparison leaves no directory that looks like a finished report.
@@ -404,7 +611,7 @@ def compare_into(out: Path, overwrite: bool, settings: CompareSettings, progress
             locks.enter_context(RunLock(out, "pyro-discrete compare --overwrite"))
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
         try:
-            run_compare(settings, tmp, progress=progress)
+            run_compare(settings, tmp, progress, started, as_process)
             _publish(tmp, out)
         finally:
             if tmp.exists():
@@ -415,6 +622,13 @@ def compare_into(out: Path, overwrite: bool, settings: CompareSettings, progress
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare ``--estimators`` and write the report into ``--out``."""
     settings = compare_settings(args, estimator_list(args.estimators))
-    report = compare_into(Path(args.out), args.overwrite, settings, not args.no_progress)
+    report = compare_into(
+        Path(args.out),
+        args.overwrite,
+        settings,
+        not args.no_progress,
+        getattr(args, "started", None),
+        getattr(args, "as_process", False),
+    )
     print(f"report written to {report}")
     return 0

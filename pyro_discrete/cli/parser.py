@@ -156,6 +156,7 @@ def _add_fit(sub) -> None:
 def _comparison_options(
     p: argparse.ArgumentParser, steps: int, out: str | None, budget: float | None
 ) -> None:
+    p.set_defaults(default_steps=steps)
     p.add_argument(
         "--estimators",
         default=",".join(DEMO_ESTIMATORS),
@@ -164,15 +165,32 @@ def _comparison_options(
     p.add_argument(
         "--steps",
         type=_positive_int,
-        default=steps,
-        help="training steps per estimator (an upper bound under --time-budget)",
+        default=None,
+        help=f"training steps per run (default {steps}; an upper bound under --time-budget; "
+        "not with --equal time)",
     )
     p.add_argument(
         "--time-budget",
         type=float,
         default=budget,
-        help="seconds for the whole comparison: measures each estimator's step "
-        "time first and lowers --steps to fit",
+        help="seconds of wall time for the whole command, evaluations and report included, "
+        "from its start: a short calibration times steps and measurements, the rest is "
+        "planned and kept (within 5%%); report.md says how it was spent",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="independent initialisations and data orders per estimator (seeds --seed, "
+        "--seed+1, ...); with 2 or more the report gives 95%% intervals over seeds and ranks "
+        "only estimators whose difference is outside the noise",
+    )
+    p.add_argument(
+        "--equal",
+        choices=["steps", "time"],
+        default="steps",
+        help="what every run gets the same of: training steps, or training wall time "
+        "(needs --time-budget)",
     )
     p.add_argument(
         "--reference",

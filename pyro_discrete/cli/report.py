@@ -1,7 +1,11 @@
 """The report of ``pyro-discrete compare``: ``results.csv``, ``report.md`` and PNG plots.
 
-``results`` is a list of rows ``{"estimator", "metric", "step", "wall_time_s", "value"}``;
-every figure in the report is computed from these rows, which ``results.csv`` holds raw.
+``results.csv`` holds every measurement raw, one row per run (``seed`` is the seed's index,
+0 to ``--seeds`` - 1), then one row per estimator and summary figure with ``seed`` ``mean``:
+the mean over seeds and its 95% t-interval (``ci95_low``, ``ci95_high``; empty with one
+seed). Every figure of ``report.md`` is computed from these rows. Estimators are ranked only
+where the intervals over seeds do not overlap (:mod:`~pyro_discrete.cli.stats`); the report
+says which differences are within noise.
 """
 
 from __future__ import annotations
@@ -9,116 +13,74 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from pyro_discrete._io import atomic_write, atomic_write_text
+from pyro_discrete._io import atomic_write_text
+
+from .budget import PHASES, BudgetClock
+from .plots import per_seed, write_plots
+from .stats import Interval, interval, paired_difference
 
 if TYPE_CHECKING:
-    from .compare import CompareSettings
+    from .compare import CompareSettings, Outcome
 
-__all__ = ["write_report"]
+__all__ = ["COLUMNS", "seed_values", "write_report"]
 
-_COLUMNS = ["estimator", "metric", "step", "wall_time_s", "value"]
-
-
-def _series(results: list[dict], name: str, metric: str, x: str = "step"):
-    rows = sorted(
-        (r for r in results if r["estimator"] == name and r["metric"] == metric),
-        key=lambda r: r["step"],
-    )
-    return [r[x] for r in rows], [r["value"] for r in rows]
+COLUMNS = ["estimator", "seed", "metric", "step", "wall_time_s", "value", "ci95_low", "ci95_high"]
+#: step times whose 10-90% range exceeds this multiple of the median are called spread out
+_SPREAD = 1.0
+#: the calibration and the run disagree when their median step times differ by more than this
+_DISAGREE = 0.25
 
 
-def _final(results: list[dict], name: str, metric: str) -> float:
-    _, ys = _series(results, name, metric)
-    return ys[-1] if ys else math.nan
+def seed_values(results: list[dict], name: str, figure: str) -> list[float]:
+    """One value per seed: ``final_elbo``, ``best_elbo``, ``log_variance`` or a metric's last."""
+    if figure == "final_elbo":
+        runs = per_seed(results, name, "eval_elbo")
+        return [rows[-1]["value"] for rows in runs.values()]
+    if figure == "best_elbo":
+        runs = per_seed(results, name, "eval_elbo")
+        return [max(r["value"] for r in rows) for rows in runs.values()]
+    if figure == "log_variance":
+        runs = per_seed(results, name, "grad_log_variance")
+        return [sum(r["value"] for r in rows) / len(rows) for rows in runs.values()]
+    return [rows[-1]["value"] for rows in per_seed(results, name, figure).values()]
 
 
-def _best(results: list[dict], name: str) -> float:
-    _, ys = _series(results, name, "eval_elbo")
-    return max(ys) if ys else math.nan
+def _summary_figures(s: CompareSettings) -> list[str]:
+    figures = ["final_elbo", "best_elbo", "log_variance", "steps", "ms_per_step"]
+    return figures + ([f"valid_iw_bound_k{s.iw_samples}"] if s.iw_samples else [])
 
 
-def _mean_log_variance(results: list[dict], name: str) -> float:
-    _, ys = _series(results, name, "grad_log_variance")
-    return sum(ys) / len(ys) if ys else math.nan
-
-
-def _write_results_csv(path: Path, results: list[dict]) -> None:
+def _write_results_csv(path: Path, s: CompareSettings, results: list[dict]) -> None:
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, _COLUMNS)
+    writer = csv.DictWriter(text, COLUMNS)
     writer.writeheader()
     for r in results:
         writer.writerow(
             {**r, "wall_time_s": f"{r['wall_time_s']:.3f}", "value": f"{r['value']:.6g}"}
         )
+    for name in s.estimators:
+        for figure in _summary_figures(s):
+            stats = interval(seed_values(results, name, figure))
+            two = stats.n >= 2
+            writer.writerow(
+                {
+                    "estimator": name,
+                    "seed": "mean",
+                    "metric": figure,
+                    "step": "",
+                    "wall_time_s": "",
+                    "value": f"{stats.mean:.6g}",
+                    "ci95_low": f"{stats.low:.6g}" if two else "",
+                    "ci95_high": f"{stats.high:.6g}" if two else "",
+                }
+            )
     atomic_write_text(path, text.getvalue())
-
-
-def _plot(
-    path: Path,
-    results: list[dict],
-    estimators: list[str],
-    metric: str,
-    x: str,
-    labels: tuple[str, str, str],
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name in estimators:
-        xs, ys = _series(results, name, metric, x)
-        ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=name)
-    xlabel, ylabel, title = labels
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    plt.close(fig)
-
-
-def _write_plots(out: Path, s: CompareSettings, results: list[dict]) -> None:
-    _plot(
-        out / "elbo_vs_steps.png",
-        results,
-        s.estimators,
-        "eval_elbo",
-        "step",
-        (
-            "training step",
-            f"ELBO per example (nats, {s.eval_examples} training examples)",
-            f"{s.model}: training ELBO",
-        ),
-    )
-    _plot(
-        out / "elbo_vs_time.png",
-        results,
-        s.estimators,
-        "eval_elbo",
-        "wall_time_s",
-        ("training wall-clock (s)", "ELBO per example (nats)", f"{s.model}: training ELBO vs time"),
-    )
-    _plot(
-        out / "grad_variance.png",
-        results,
-        s.estimators,
-        "grad_log_variance",
-        "step",
-        (
-            f"step of the {s.reference} run",
-            "log mean variance of the gradient",
-            f"{s.model}: gradient variance of the encoder",
-        ),
-    )
 
 
 def _data_description(s: CompareSettings) -> str:
@@ -128,126 +90,278 @@ def _data_description(s: CompareSettings) -> str:
     return f"{s.binarization}ally binarised {pretty}"
 
 
-def _summary_table(s: CompareSettings, results: list[dict], summaries: dict) -> list[str]:
+def _steps_cell(outcome: Outcome, name: str) -> str:
+    steps = [outcome.runs[(name, i)]["steps"] for i in range(outcome.settings.seeds)]
+    if min(steps) == max(steps):
+        return str(steps[0])
+    return f"{sum(steps) / len(steps):.0f} ({min(steps)}–{max(steps)})"
+
+
+def _summary_table(outcome: Outcome) -> list[str]:
+    s, results = outcome.settings, outcome.results
     iw = f" valid IW bound (K={s.iw_samples}) |" if s.iw_samples else ""
     lines = [
-        "| estimator | ms / step | steps / s | first step (s) | final ELBO | best ELBO "
-        "| mean log-variance |" + iw,
+        "| estimator | steps | ms / step, median [10–90%] | first step (s) | final ELBO "
+        "| best ELBO | mean log-variance |" + iw,
         "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if s.iw_samples else ""),
     ]
     for name in s.estimators:
-        ms = summaries[name]["ms_per_step"]
+        runs = [outcome.runs[(name, i)] for i in range(s.seeds)]
+        median = interval([r["ms_per_step"] for r in runs]).mean
+        p10 = min(r["ms_p10"] for r in runs)
+        p90 = max(r["ms_p90"] for r in runs)
+        first = interval([r["first_step_s"] for r in runs]).mean
+        cells = [interval(seed_values(results, name, f)) for f in _summary_figures(s)[:3]]
         row = (
-            f"| {name} | {ms:.1f} | {1000 / ms:.1f} | {summaries[name]['first_step_s']:.2f} "
-            f"| {_final(results, name, 'eval_elbo'):.2f} | {_best(results, name):.2f} "
-            f"| {_mean_log_variance(results, name):.2f} |"
+            f"| {name} | {_steps_cell(outcome, name)} | {median:.1f} [{p10:.1f}–{p90:.1f}] "
+            f"| {first:.2f} | " + " | ".join(c.format() for c in cells) + " |"
         )
         if s.iw_samples:
-            row += f" {summaries[name]['valid_iw_bound']:.2f} |"
+            bound = interval(seed_values(results, name, f"valid_iw_bound_k{s.iw_samples}"))
+            row += f" {bound.format()} |"
         lines.append(row)
     return lines
 
 
-def _variance_table(s: CompareSettings, results: list[dict], var_steps: list[int]) -> list[str]:
-    lines = ["| step | " + " | ".join(s.estimators) + " |", "|---:|" + "---:|" * len(s.estimators)]
-    for point in var_steps:
-        cells = []
-        for name in s.estimators:
-            vals = [
-                r["value"]
-                for r in results
-                if r["estimator"] == name
-                and r["metric"] == "grad_log_variance"
-                and r["step"] == point
-            ]
-            cells.append(f"{vals[0]:.2f}" if vals else "")
-        lines.append(f"| {point} | " + " | ".join(cells) + " |")
+def _comparisons(
+    s: CompareSettings, results: list[dict], figure: str, what: str, higher_better: bool
+) -> list[str]:
+    """Sentences on which estimators ``figure`` ranks, and which differences are noise."""
+    if s.seeds < 2:
+        return [
+            f"{what}: not ranked. A ranking needs --seeds >= 2: one seed gives no estimate of "
+            "the noise (another initialisation or data order can reorder close estimators)."
+        ]
+    values = {name: seed_values(results, name, figure) for name in s.estimators}
+    stats = {name: interval(v) for name, v in values.items()}
+    order = sorted(s.estimators, key=lambda n: stats[n].mean, reverse=higher_better)
+    better = "higher" if higher_better else "lower"
+    lines = [f"{what} ({better} is better), over {s.seeds} seeds:"]
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            diff: Interval = paired_difference(values[a], values[b])
+            paired = f"paired difference {diff.format()}"
+            if not stats[a].overlaps(stats[b]):
+                lines.append(f"- {a} is better than {b} ({paired}; the intervals do not overlap).")
+            elif diff.excludes_zero():
+                lines.append(
+                    f"- {a} and {b}: not ranked, their intervals overlap; the paired test over "
+                    f"the shared seeds favours {a} ({paired}), more seeds would settle it."
+                )
+            else:
+                lines.append(f"- {a} and {b}: within noise ({paired}, which includes 0).")
     return lines
 
 
-def _report_markdown(
-    s: CompareSettings,
-    steps: int,
-    results: list[dict],
-    summaries: dict,
-    timings: dict | None,
-    var_steps: list[int],
-    total_time: float,
-) -> str:
-    ranking = sorted(s.estimators, key=lambda name: _mean_log_variance(results, name))
+def _accounting(outcome: Outcome, clock: BudgetClock, total: float) -> list[str]:
+    s = outcome.settings
+    lines = [
+        "## How the time was spent",
+        "",
+        "| phase | planned (s) | actual (s) | % of actual |",
+        "|---|---:|---:|---:|",
+    ]
+    for phase in PHASES:
+        planned = clock.planned.get(phase)
+        cell = f"{planned:.1f}" if planned is not None else "–"
+        spent = clock.spent[phase]
+        lines.append(f"| {phase} | {cell} | {spent:.1f} | {100 * spent / total:.1f}% |")
+    if "interpreter exit" in clock.planned:
+        lines.append(
+            f"| interpreter exit (after this report) | {clock.planned['interpreter exit']:.1f} "
+            "| not measured | – |"
+        )
+    other = clock.other(total)
+    lines.append(
+        f"| other (switching runs, bookkeeping) | – | {other:.1f} | {100 * other / total:.1f}% |"
+    )
+    planned_total = f"{outcome.planned_total:.1f}" if outcome.planned_total is not None else "–"
+    lines.append(f"| **total** | {planned_total} | {total:.1f} | 100% |")
+    lines.append("")
+    if s.time_budget is not None:
+        exit_s = outcome.exit_reserve
+        whole = total + exit_s
+        verdict = (
+            "within 5% of it"
+            if abs(whole - s.time_budget) <= 0.05 * s.time_budget
+            else f"{100 * (whole / s.time_budget - 1):+.0f}% off it"
+        )
+        stop = {
+            "budget": "the budget check stopped training before the plan's end",
+            "steps": "training ran to the plan's end",
+            "--steps": f"training ended at --steps {s.steps}, before the budget was needed (the "
+            "budget is an upper bound; raise --steps to use all of it)",
+        }[outcome.stopped_by]
+        lines.append(
+            f"Budget {s.time_budget:.1f}s, measured from the command's start (interpreter "
+            f"start-up included); actual total {total:.1f}s to the report"
+            + (f", {whole:.1f}s with the estimated exit" if exit_s else "")
+            + f", {verdict}; {stop}. The planned "
+            "total includes a 1% reserve for estimation errors; the actual total ends when the "
+            "plots are written, before the interpreter exits."
+        )
+    else:
+        lines.append(f"No --time-budget: total {total:.1f}s from the command's start.")
+    lines.append(
+        "Start-up: interpreter, imports, data and the runs' models; evaluations: ELBO curves "
+        "and IW bounds; report: results.csv and the plots (writing report.md itself, a few "
+        "milliseconds, comes after this account)."
+    )
+    return lines
+
+
+def _timing(outcome: Outcome) -> list[str]:
+    s, costs, load = outcome.settings, outcome.costs, outcome.load
+    lines = ["## Timing", ""]
+    lines.append(
+        "| estimator | median ms / step | interquartile range | 10–90% range | calibration |"
+    )
+    lines.append("|---|---:|---:|---:|---:|")
+    spread, disagree = [], []
+    for name in s.estimators:
+        runs = [outcome.runs[(name, i)] for i in range(s.seeds)]
+        median = sorted(r["ms_per_step"] for r in runs)[len(runs) // 2]
+        p25 = min(r["ms_p25"] for r in runs)
+        p75 = max(r["ms_p75"] for r in runs)
+        p10 = min(r["ms_p10"] for r in runs)
+        p90 = max(r["ms_p90"] for r in runs)
+        calibrated = "–"
+        if costs is not None:
+            c = 1000 * costs.step[name]
+            calibrated = f"{c:.1f}"
+            if abs(median - c) > _DISAGREE * c:
+                disagree.append(f"{name} ({c:.1f} ms calibrated, {median:.1f} ms in the run)")
+        if p90 - p10 > _SPREAD * median:
+            spread.append(name)
+        lines.append(
+            f"| {name} | {median:.1f} | {p25:.1f}–{p75:.1f} | {p10:.1f}–{p90:.1f} | {calibrated} |"
+        )
+    lines.append("")
+    words = [
+        f"Load average over the run {load.mean:.1f} on {load.cores} usable core(s)"
+        if not math.isnan(load.mean)
+        else "No load average on this system"
+    ]
+    if load.overloaded():
+        words.append(
+            "**the machine was loaded** (more runnable processes than cores): step times "
+            "include waiting for a core, so they overstate what each estimator costs and "
+            "differ between estimators more than their work does"
+        )
+    if spread:
+        words.append(
+            f"step times are spread out for {', '.join(spread)} (10–90% range wider than the "
+            "median): other processes or the estimator's own variable work"
+        )
+    if disagree:
+        words.append(
+            "the calibration before training and the run disagree by more than "
+            f"{100 * _DISAGREE:.0f}% for {', '.join(disagree)}: the load changed during the run"
+        )
+    if not (load.overloaded() or spread or disagree):
+        words.append("step times are consistent: no sign of a loaded machine")
+    lines.append("; ".join(words) + ".")
+    return lines
+
+
+def _mode_sentence(outcome: Outcome) -> str:
+    s = outcome.settings
+    seeds = (
+        f"from {s.seeds} independent initialisations and data orders (seeds {s.seed}–"
+        f"{s.seed + s.seeds - 1}; for each seed, every estimator starts from the same "
+        "initialisation and sees the same minibatches)"
+        if s.seeds > 1
+        else f"from the same initialisation (seed {s.seed}) on the same sequence of minibatches"
+    )
+    if s.equal == "time":
+        equal = (
+            f"**Equal time**: every run trained for the same wall time, "
+            f"{outcome.schedule_total:.1f}s (planned; a run ends at the first step past it), so "
+            "the number of steps differs between estimators (the steps column)."
+        )
+    else:
+        equal = "**Equal steps**: every run trained for the same number of steps."
+    return (
+        f"{equal} Batch {s.batch_size}, Adam lr {s.lr:g}, β₂ = 0.99999, control variates at "
+        f"{s.cv_lr_factor:g}× that rate, {seeds}; device `{s.device}`, "
+        f"{torch.get_num_threads()} CPU thread(s)."
+    )
+
+
+def _report_markdown(outcome: Outcome, clock: BudgetClock, total: float) -> str:
+    s, results = outcome.settings, outcome.results
+    points = sorted({r["step"] for r in results if r["metric"] == "grad_log_variance"})
+    band = f" Curves: mean over {s.seeds} seeds, bands: 95% t-interval." if s.seeds > 1 else ""
+    interval_note = (
+        f"Figures are means over {s.seeds} seeds ± the 95% t-interval of the mean."
+        if s.seeds > 1
+        else "One seed: no intervals (use --seeds 2 or more for them)."
+    )
     lines = [
         f"# Gradient estimators compared: `{s.model}` on {_data_description(s)}",
         "",
-        f"Every estimator trained for **{steps} steps** (batch {s.batch_size}, Adam lr "
-        f"{s.lr:g}, β₂ = 0.99999, control variates at {s.cv_lr_factor:g}× that rate) from the "
-        f"same initialisation (seed {s.seed}) on the same sequence of minibatches, device "
-        f"`{s.device}`, {torch.get_num_threads()} CPU thread(s). Total time "
-        f"{total_time:.0f}s.",
+        _mode_sentence(outcome),
         "",
-        *_summary_table(s, results, summaries),
+        *_summary_table(outcome),
         "",
-        "ms / step excludes the first step, where estimators build caches and networks. "
-        "ELBO: single-sample estimate per example on the first "
-        f"{s.eval_examples} training examples, averaged (higher is better). Variance: "
-        "log of the mean over the encoder's parameter components of the variance of the "
-        "gradient estimate (lower is better), averaged over the measurement points. "
-        f"Ordered by gradient variance, lowest first: {', '.join(ranking)}.",
+        f"{interval_note} ms / step: median of the steps after the first (where estimators "
+        "build caches and networks), with the 10–90% range over all runs. ELBO: "
+        f"single-sample estimate per example on the first {s.eval_examples} training examples "
+        "(higher is better). Variance: log of the mean over the encoder's parameter components "
+        "of the variance of the gradient estimate (lower is better), averaged over the "
+        "measurement points.",
+        "",
+        "## Which estimator?",
+        "",
+        *_comparisons(s, results, "final_elbo", "Final ELBO", True),
+        "",
+        *_comparisons(s, results, "log_variance", "Gradient variance", False),
         "",
         "## Training ELBO against steps",
         "",
-        "![ELBO vs steps](elbo_vs_steps.png)",
+        f"![ELBO vs steps](elbo_vs_steps.png){band}",
         "",
         "## Training ELBO against wall-clock time",
         "",
-        "Time spent on the ELBO evaluations is excluded.",
+        "Training time of each run only (evaluations, variance draws and the other runs' turns "
+        "are excluded); every estimator on the same time axis.",
         "",
         "![ELBO vs time](elbo_vs_time.png)",
         "",
         "## Gradient variance at shared parameter values",
         "",
-        f"As in the REBAR paper: at steps {', '.join(map(str, var_steps))} of the "
-        f"`{s.reference}` run, every estimator's gradient for the encoder (inference network) "
-        f"parameters was drawn {s.variance_samples} times on one fixed minibatch, at those same "
-        "model parameters. Each estimator's own control-variate state (baselines, running "
-        "statistics, η, λ, surrogate networks) is taken from its own run at the same step. "
-        "NVIL trains with its variance normalisation (the signal divided by a running standard "
-        "deviation, which rescales the gradient); its variance here is that of the "
-        "unnormalised, unbiased estimate.",
+        f"As in the REBAR paper: at steps {', '.join(map(str, points))} of the "
+        f"`{s.reference}` run (of each seed), every estimator's gradient for the encoder "
+        f"(inference network) parameters was drawn {s.variance_samples} times on one fixed "
+        "minibatch, at those same model parameters. Each estimator's own control-variate state "
+        "(baselines, running statistics, η, λ, surrogate networks) is taken from its own run at "
+        "the same boundary. NVIL trains with its variance normalisation (the signal divided by "
+        "a running standard deviation, which rescales the gradient); its variance here is that "
+        "of the unnormalised, unbiased estimate.",
         "",
         "![gradient variance](grad_variance.png)",
         "",
-        *_variance_table(s, results, var_steps),
-    ]
-    if timings:
-        lines += [
-            "",
-            "Calibration (ms per step, before training): "
-            + ", ".join(f"{n} {1000 * t:.1f}" for n, t in timings.items())
-            + ".",
-        ]
-    lines += [
+        *_timing(outcome),
         "",
-        "Raw figures: [results.csv](results.csv) (columns estimator, metric, step, "
-        "wall_time_s, value).",
+        *_accounting(outcome, clock, total),
+        "",
+        "Raw figures: [results.csv](results.csv) (columns " + ", ".join(COLUMNS) + "; rows "
+        "with seed `mean` hold the means over seeds and their 95% intervals).",
         "",
     ]
     return "\n".join(lines)
 
 
-def write_report(
-    out: Path,
-    s: CompareSettings,
-    steps: int,
-    results: list[dict],
-    summaries: dict,
-    timings: dict | None,
-    var_steps: list[int],
-    total_time: float,
-) -> None:
-    """Write ``results.csv``, the three plots and ``report.md`` into ``out``."""
-    _write_results_csv(out / "results.csv", results)
-    _write_plots(out, s, results)
-    atomic_write_text(
-        out / "report.md",
-        _report_markdown(s, steps, results, summaries, timings, var_steps, total_time),
-    )
+def write_report(out: Path, outcome: Outcome, clock: BudgetClock) -> None:
+    """Write ``results.csv``, the three plots and ``report.md`` into ``out``.
+
+    The time spent here counts as the budget's ``report`` phase; ``report.md``'s account
+    ends just before ``report.md`` itself is written.
+    """
+    t0 = time.perf_counter()
+    s = outcome.settings
+    _write_results_csv(out / "results.csv", s, outcome.results)
+    write_plots(out, s, outcome.results)
+    clock.spent["report"] += time.perf_counter() - t0
+    total = clock.now()
+    atomic_write_text(out / "report.md", _report_markdown(outcome, clock, total))

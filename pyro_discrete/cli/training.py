@@ -117,6 +117,8 @@ class RunState:
     #: training time of step 1 (estimators build caches and networks on their first step)
     first_step_s: float | None = None
     history: list[dict] = field(default_factory=list)
+    #: seconds of every step trained in this process (``compare`` reports their spread)
+    step_times: list[float] = field(default_factory=list)
     ema: EMA = field(default_factory=EMA)
     smoothed: float = float("nan")
 
@@ -158,7 +160,9 @@ def advance(
     start = time.perf_counter() - run.elapsed
     while run.step < until:
         batch = run.loader.next_batch()
+        t_step = time.perf_counter()
         loss = svi.step(*run.task.args(batch))
+        run.step_times.append(time.perf_counter() - t_step)
         if not math.isfinite(loss):
             raise FloatingPointError(f"{run.name}: loss became {loss} at step {run.step + 1}")
         run.step += 1
