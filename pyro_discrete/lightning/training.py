@@ -41,7 +41,7 @@ __all__ = ["Throughput", "fit"]
 class Throughput(Callback):
     """Examples per second of training, over all processes, after ``skip`` warm-up steps.
 
-    Measured on rank 0 between the end of step ``skip`` and the end of the last step, so
+    Measured between the end of the ``skip``-th step of this run and the end of the last, so
     process start-up, the warm-up evaluation and first-step allocations are not counted.
     :attr:`examples_per_s` is ``None`` until at least one timed step has run.
     """
@@ -50,12 +50,16 @@ class Throughput(Callback):
         self.skip = skip
         self.examples_per_s: float | None = None
         self.steps_per_s: float | None = None
+        self.first_step: int | None = None
         self._start: float | None = None
         self._steps = 0
         self._examples = 0
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.first_step = trainer.global_step  # later than 0 when resuming
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.skip:
+        if trainer.global_step == self.first_step + self.skip:
             self._start = time.perf_counter()
             self._steps = self._examples = 0
             return
