@@ -22,6 +22,7 @@ steps. ``--data synthetic`` (noisy copies of random binary prototypes) needs no 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pyro
 import torch
@@ -45,9 +46,9 @@ def synthetic_images(num: int, pixels: int = 784, prototypes: int = 10, seed: in
     return (patterns[which] + flips) % 2
 
 
-def load_data(name: str, size: int) -> torch.Tensor:
+def load_data(name: str, size: int, pixels: int) -> torch.Tensor:
     if name == "synthetic":
-        return synthetic_images(size)
+        return synthetic_images(size, pixels)
     from pyro_discrete.datasets import binarized_mnist
 
     return binarized_mnist("train")
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--estimator", default="nvil", choices=sorted(ESTIMATORS))
     parser.add_argument("--data", default="synthetic", choices=("synthetic", "mnist"))
     parser.add_argument("--synthetic-size", type=int, default=10_000)
+    parser.add_argument("--pixels", type=int, default=784, help="synthetic image size")
     parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     parser.add_argument("--batch-size", type=int, default=24, help="examples per process")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -67,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
     parser.add_argument("--strategy", default=None, help="default: ddp with several devices")
     parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--sync-every", type=int, default=1, help="steps between averages "
-                        "of the running statistics")
+    parser.add_argument(
+        "--sync-every", type=int, default=1, help="steps between averages of the running statistics"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root-dir", default="lightning_runs/data_parallel")
     parser.add_argument("--checkpoint-every", type=int, default=None)
@@ -83,10 +86,9 @@ def main(argv=None) -> dict:
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     strategy = args.strategy or ("ddp" if devices != 1 or args.num_nodes > 1 else "auto")
     pyro.clear_param_store()
-    images = load_data(args.data, args.synthetic_size)
-    x_mean = images.mean(0)
+    images = load_data(args.data, args.synthetic_size, args.pixels)
     torch.manual_seed(args.seed)  # the model's initial weights (DDP also broadcasts rank 0's)
-    net = make_model(args.model, x_mean=x_mean)
+    net = make_model(args.model, x_mean=images.mean(0), x_dim=images.shape[-1])
     loss = ESTIMATORS[args.estimator](max_plate_nesting=1)
     throughput = Throughput(skip=min(5, args.steps - 1))
     trainer, module = fit(
@@ -112,23 +114,31 @@ def main(argv=None) -> dict:
     )
     params = sum(p.detach().double().sum().item() for p in module.parameters())
     stats = sum(t.double().sum().item() for t in running_statistics().values())
-    print(
+    # one write per line: the processes share stdout, and print() under
+    # PYTHONUNBUFFERED writes the text and its newline separately
+    sys.stdout.write(
         f"rank {trainer.global_rank}/{trainer.world_size}: step {trainer.global_step}, "
-        f"parameter checksum {params!r}, running-statistics checksum {stats!r}",
-        flush=True,
+        f"parameter checksum {params!r}, running-statistics checksum {stats!r}\n"
     )
+    sys.stdout.flush()
     result = {"step": trainer.global_step, "world_size": trainer.world_size}
     if trainer.global_rank == 0:
         last = trainer.callback_metrics.get("train_loss")
         effective = args.batch_size * trainer.world_size
-        print(f"{args.model} with {args.estimator}: {trainer.world_size} process(es), effective "
-              f"batch {effective}, steps {throughput.first_step} -> {trainer.global_step}")
+        print(
+            f"{args.model} with {args.estimator}: {trainer.world_size} process(es), effective "
+            f"batch {effective}, steps {throughput.first_step} -> {trainer.global_step}"
+        )
         if last is not None:
-            print(f"train ELBO of the last step (process 0): {-float(last) / args.batch_size:.2f}"
-                  " nats per example")
+            print(
+                f"train ELBO of the last step (process 0): {-float(last) / args.batch_size:.2f}"
+                " nats per example"
+            )
         if throughput.examples_per_s is not None:
-            print(f"throughput: {throughput.examples_per_s:.0f} examples/s "
-                  f"({throughput.steps_per_s:.1f} steps/s)")
+            print(
+                f"throughput: {throughput.examples_per_s:.0f} examples/s "
+                f"({throughput.steps_per_s:.1f} steps/s)"
+            )
             result["examples_per_s"] = throughput.examples_per_s
     return result
 

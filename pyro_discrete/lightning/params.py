@@ -149,7 +149,8 @@ class ParamStoreParameters(nn.Module):
                 continue
             if name in current:
                 del store[name]
-            store.set_state({"params": {name: param}, "constraints": {name: self._constraints[name]}})
+            constraint = self._constraints[name]
+            store.set_state({"params": {name: param}, "constraints": {name: constraint}})
 
     def param_groups(self, lr: float, control_variate_lr: float) -> list[dict]:
         """Two optimizer param groups: the model's and guide's parameters at ``lr`` and the

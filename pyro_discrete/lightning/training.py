@@ -66,9 +66,7 @@ class Throughput(Callback):
         if self._start is None:
             return
         args, kwargs = pl_module.batch_to_args(batch)
-        local = next(
-            (int(v.shape[0]) for v in (*args, *kwargs.values()) if torch.is_tensor(v)), 1
-        )
+        local = next((int(v.shape[0]) for v in (*args, *kwargs.values()) if torch.is_tensor(v)), 1)
         self._steps += 1
         self._examples += local * trainer.world_size
         elapsed = time.perf_counter() - self._start

@@ -165,7 +165,10 @@ def gradient_draws(out: Path, devices: int) -> None:
         problem.model,
         samples(problem.guide),
         DiscreteELBO(
-            "relax", num_particles=200, vectorize_particles=True, max_plate_nesting=2,
+            "relax",
+            num_particles=200,
+            vectorize_particles=True,
+            max_plate_nesting=2,
             hidden=(16,),
         ),
         data,
@@ -177,7 +180,11 @@ def gradient_draws(out: Path, devices: int) -> None:
         callbacks=[draws],
     )
     dump(
-        out, "gradients", trainer, [], {},
+        out,
+        "gradients",
+        trainer,
+        [],
+        {},
         local={k: torch.stack(v) for k, v in draws.local.items()},
         averaged={k: torch.stack(v) for k, v in draws.averaged.items()},
         samples=torch.stack(draws.first_samples),
@@ -202,9 +209,7 @@ def running_statistics_checks(out: Path) -> None:
         error = ""
     except RuntimeError as e:
         error = str(e)
-    torch.save(
-        {"averaged": averaged, "value": value, "error": error}, out / f"sync_rank{rank}.pt"
-    )
+    torch.save({"averaged": averaged, "value": value, "error": error}, out / f"sync_rank{rank}.pt")
 
 
 def main(scenario: str, out: str, devices: str, ckpt: str | None = None) -> None:
@@ -220,8 +225,13 @@ def main(scenario: str, out: str, devices: str, ckpt: str | None = None) -> None
     elif scenario == "resume":
         run = f"resume_on_{n}"
         train_belief_net(
-            out_dir, run, "nvil", n, max_steps=NVIL_STEPS + int(ckpt_step(ckpt)),
-            checkpoint_every=NVIL_STEPS, ckpt_path=ckpt,
+            out_dir,
+            run,
+            "nvil",
+            n,
+            max_steps=NVIL_STEPS + int(ckpt_step(ckpt)),
+            checkpoint_every=NVIL_STEPS,
+            ckpt_path=ckpt,
         )
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
