@@ -238,6 +238,13 @@ class DiscreteSVIModule(pl.LightningModule):
                 f"checkpoint format {state['format_version']} is newer than this "
                 f"pyro_discrete understands ({_FORMAT_VERSION}); upgrade pyro_discrete"
             )
+        unknown = sorted(set(state["trained"]) - set(self.params.names))
+        if unknown:
+            raise ValueError(
+                f"the checkpoint trained parameter(s) {unknown}, which this model, guide and "
+                "estimator do not have: it was written for another set-up; resume with the "
+                "same model, guide and estimator, or start afresh"
+            )
         device = self.params.parameter(self.params.names[0]).device
         load_param_store_state(state["param_store"], required=self.params.names, device=device)
 

@@ -92,6 +92,9 @@ def test_fit_trains_the_param_store_and_checkpoints_it(tmp_path):
     ]
     with pytest.raises(ValueError, match="not written by DiscreteSVIModule"):
         module.on_load_checkpoint({"state_dict": {}})
+    state["trained"] = [*state["trained"], "pyro_discrete/rebar/z1/eta"]
+    with pytest.raises(ValueError, match=r"\['pyro_discrete/rebar/z1/eta'\], which this model"):
+        module.on_load_checkpoint(checkpoint)
 
 
 def test_a_parameter_created_after_the_warm_up_stops_training():
