@@ -196,3 +196,12 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
         assert (tmp_path / name).exists(), name
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert any(",handwritten,rebar," in r for r in rows)
+
+
+def test_data_parallel_benchmark_reads_the_examples_throughput():
+    from benchmarks.data_parallel import parse_throughput
+
+    out = "rank 0/2: step 300, ...\nthroughput: 1234 examples/s (25.7 steps/s)\n"
+    assert parse_throughput(out) == 1234.0
+    with pytest.raises(ValueError, match="no 'throughput"):
+        parse_throughput("rank 0/1: step 3\n")

@@ -67,3 +67,45 @@ def test_relax_toy(env, tmp_path):
     # within 200 steps (log-variances printed in the third column)
     logvar = {r[0]: float(r[2]) for r in rows}
     assert logvar["relax"] < logvar["reinforce"] - 2
+
+
+def test_data_parallel_resumes_on_two_processes(env, tmp_path):
+    # 1 process (here) for 6 steps, then the example as a user runs it: 2 processes
+    # resuming that checkpoint up to step 12 (a 2 -> 1 resume is in tests/lightning)
+    import importlib.util
+
+    path = ROOT / "examples" / "data_parallel.py"
+    spec = importlib.util.spec_from_file_location("data_parallel", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    small = "--synthetic-size 480 --pixels 64 --estimator nvil".split()
+    one = tmp_path / "one"
+    first = example.main(
+        [*small, *"--devices 1 --steps 6 --checkpoint-every 6".split(), "--root-dir", str(one)]
+    )
+    assert first["step"] == 6 and first["world_size"] == 1
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(path),
+            *small,
+            *"--devices 2 --accelerator cpu --steps 12".split(),
+            "--ckpt-path",
+            str(one / "checkpoints" / "step=6.ckpt"),
+            "--root-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert [r.split(":")[0] for r in ranks] == ["rank 0/2", "rank 1/2"], proc.stdout
+    # same step, same parameters and running statistics on both processes
+    assert ranks[0].split(":")[1] == ranks[1].split(":")[1]
+    assert "step 12," in ranks[0]
+    assert "effective batch 48, steps 6 -> 12" in proc.stdout
+    assert "throughput:" in proc.stdout
