@@ -9,6 +9,7 @@ or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")`
 
 from __future__ import annotations
 
+from pyro_discrete.infer.compiled import CompiledSVI, CompileError, StructureChangedError
 from pyro_discrete.infer.control_variates import control_variate_lr, control_variate_state
 from pyro_discrete.infer.elbo import DiscreteELBO
 from pyro_discrete.infer.site_estimators import ESTIMATOR_CLASSES, SiteEstimator
@@ -62,6 +63,8 @@ ESTIMATORS: dict[str, type[DiscreteELBO]] = {
 
 __all__ = [
     "ARM_ELBO",
+    "CompileError",
+    "CompiledSVI",
     "DisARM_ELBO",
     "DiscreteELBO",
     "ESTIMATORS",
@@ -76,6 +79,7 @@ __all__ = [
     "SiteError",
     "SiteEstimator",
     "StraightThrough_ELBO",
+    "StructureChangedError",
     "VIMCO_ELBO",
     "control_variate_lr",
     "control_variate_state",

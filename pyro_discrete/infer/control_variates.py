@@ -117,7 +117,13 @@ def registered_module(
         ):
             module = None
     if module is None:
-        module = build().to(dtype=like.dtype, device=like.device)
+        stored = any(k.startswith(name + "$$$") for k in pyro.get_param_store().keys())
+        # Rebuilding a network whose values the store already holds (a resumed run) must
+        # not consume random numbers: the resumed run then draws what an uninterrupted one
+        # draws, bit for bit.
+        devices = [like.device] if like.is_cuda else []
+        with torch.random.fork_rng(devices=devices, enabled=stored):
+            module = build().to(dtype=like.dtype, device=like.device)
         cache[name] = module
     return pyro.module(name, module, update_module_params=True)
 

@@ -20,6 +20,7 @@ from pyro_discrete import estimators as E
 from pyro_discrete.distributions import functional as F
 from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.evaluation import DiscreteSite, Evaluation, cost_terms, reduce_to_site
+from pyro_discrete.infer.shared_noise import SharedNoise
 from pyro_discrete.infer.sites import BERNOULLI, CATEGORICAL, SiteError, is_relaxable
 
 
@@ -431,10 +432,12 @@ class REBAR(SiteEstimator):
 
         z = site.sample_z(site.logits, site.noise)
         z_tilde = site.conditional_z(site.logits, self.options["reuse_noise"])
-        rng = _rng_state(site.logits)
-        c_z = eta * self._relaxed_signal(ev, site, site.relax(z, temp), temperature_of)
-        _set_rng_state(site.logits, rng)
-        c_zt = eta * self._relaxed_signal(ev, site, site.relax(z_tilde, temp), temperature_of)
+        # c(z) and c(z~) are one function: later draws (continuous sites) are shared
+        noise = SharedNoise(site.logits)
+        with noise.first():
+            c_z = eta * self._relaxed_signal(ev, site, site.relax(z, temp), temperature_of)
+        with noise.again():
+            c_zt = eta * self._relaxed_signal(ev, site, site.relax(z_tilde, temp), temperature_of)
         extra_z, extra_params = self.surrogate_extra(site, z, c_z)
         extra_zt, _ = self.surrogate_extra(site, z_tilde, c_zt)
         c_z = c_z + extra_z
@@ -506,20 +509,6 @@ class RELAX(REBAR):
         if decay:
             loss = loss + 0.5 * decay * sum(p.pow(2).sum() for p in extra_params)
         return loss
-
-
-def _rng_state(like: Tensor):
-    # The relaxed and conditionally relaxed passes must draw the same noise at continuous
-    # and model-only sites, so that c(z) and c(z~) are one function.
-    if like.is_cuda:
-        return torch.get_rng_state(), torch.cuda.get_rng_state(like.device)
-    return torch.get_rng_state(), None
-
-
-def _set_rng_state(like: Tensor, state) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], like.device)
 
 
 # ---------------------------------------------------------------------------------------
