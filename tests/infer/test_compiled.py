@@ -51,7 +51,7 @@ def compiled_draws(problem, elbo, num_draws: int, seed: int = 0) -> tuple[dict, 
         with torch.no_grad():
             for k, p in params.items():
                 if i >= 2:
-                    draws[k].append(before[k] - p)
+                    draws[k].append(p - before[k])
                 p.copy_(before[k])
     assert svi.num_traces == 1 and len(svi.programs) == 1
     return {k: torch.stack(v) for k, v in draws.items()}, svi
