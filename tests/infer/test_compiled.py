@@ -38,23 +38,29 @@ def _sgd():
     return pyro.optim.SGD(lambda name: {"lr": 0.01 if name.startswith("pyro_discrete/") else 1.0})
 
 
-def compiled_draws(problem, elbo, num_draws: int, seed: int = 0) -> tuple[dict, CompiledSVI]:
+def compiled_draws(
+    problem, elbo, num_draws: int, seed: int = 0, backend: str = "trace", device: str = "cpu"
+) -> tuple[dict, CompiledSVI]:
     """``num_draws`` ELBO-gradient estimates per parameter from replayed compiled steps."""
     problem.reset()
+    store = pyro.get_param_store()
+    for name in list(store.keys()):
+        store[name] = store[name].detach().to(device)
+    args = tuple(a.to(device) for a in problem.args)
     pyro.set_rng_seed(seed)
-    svi = CompiledSVI(problem.model, problem.guide, _sgd(), elbo, backend="trace")
+    svi = CompiledSVI(problem.model, problem.guide, _sgd(), elbo, backend=backend)
     params = problem.params()
     draws = {k: [] for k in params}
     for i in range(num_draws + 2):  # two steps build the program (eager, then traced)
         before = {k: p.detach().clone() for k, p in params.items()}
-        svi.step(*problem.args)
+        svi.step(*args)
         with torch.no_grad():
             for k, p in params.items():
                 if i >= 2:
                     draws[k].append(p - before[k])
                 p.copy_(before[k])
     assert svi.num_traces == 1 and len(svi.programs) == 1
-    return {k: torch.stack(v) for k, v in draws.items()}, svi
+    return {k: torch.stack(v).cpu() for k, v in draws.items()}, svi
 
 
 def _check(problem_name: str, label: str, options: dict) -> float:
@@ -91,6 +97,20 @@ def test_compiled_vimco_matches_exact_iwae_gradient():
     elbo = DiscreteELBO("vimco", num_particles=k, max_plate_nesting=1)
     draws, _ = compiled_draws(problem, elbo, 3000)
     assert max_abs_z(draws, exact) < Z_LIMIT
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("label", ["reinforce", "rebar", "relax"])
+def test_cuda_graph_unbiased(label):
+    """The whole step in one CUDA graph (benchmarks/gpu_check.sh runs this on a GPU)."""
+    problem = PROBLEMS["sbn_two_layer"]()
+    exact = problem.exact()
+    draws, svi = compiled_draws(
+        problem, _elbo(label, UNBIASED[label]), NUM_DRAWS, backend="cuda_graph", device="cuda"
+    )
+    z = max_abs_z(draws, exact)
+    print(f"cuda_graph sbn_two_layer {label:12s} max|z| = {z:.2f}")
+    assert z < Z_LIMIT
 
 
 def test_z_test_of_compiled_draws_detects_a_wrong_gradient():
