@@ -5,6 +5,8 @@ Swap the estimator by changing one argument::
     svi = SVI(model, guide, optim, loss=DiscreteELBO(estimator="relax"))
 
 or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")``).
+:class:`CompiledSVI` is a drop-in for ``SVI`` that traces the whole step once and replays
+it as a tensor program (or one CUDA graph).
 """
 
 from __future__ import annotations
