@@ -353,7 +353,8 @@ class CompiledSVI:
         self.tensor_optim = TensorOptimizer(optim)
         self.programs: OrderedDict[tuple, TracedProgram | CudaGraphProgram] = OrderedDict()
         self._eager_keys: set[tuple] = set()
-        self._seen: set[tuple] = set()
+        #: input structures seen once, with the sample sites of their eager step
+        self._seen: dict[tuple, dict] = {}
         self.num_traces = 0
 
     # -- the eager step (also what is traced) ------------------------------------------
@@ -407,14 +408,17 @@ class CompiledSVI:
             if key in self._eager_keys or key not in self._seen:
                 # First sight runs eagerly: it creates lazily built parameters (control
                 # variates) and shows Pyro's own errors; the second sight is traced.
-                self._seen.add(key)
-                return self._eager_step(args, kwargs)[0]
+                loss, sites = self._eager_step(args, kwargs)
+                self._seen[key] = sites
+                return loss
             return self._compile(key, tensors, objects, args, kwargs)
         self.programs.move_to_end(key)
         program.calls += 1
         if self.check_every and program.calls % self.check_every == 0:
             loss, sites = self._eager_step(args, kwargs)
-            self._check_structure(program, sites)
+            difference = structure_difference(program.sites, sites)
+            if difference is not None:
+                self._structure_changed(key, difference)
             return loss
         loss, grads = program.run(tensors)
         if grads:
@@ -487,6 +491,11 @@ class CompiledSVI:
             # The step created parameters or optimizer state (a first step, a new site):
             # it ran correctly, but its recording treats them as constants. Trace again.
             return loss
+        # the eager step and the traced one must agree before anything is replayed
+        difference = structure_difference(self._seen.get(key, program.sites), program.sites)
+        if difference is not None:
+            self._structure_changed(key, difference)
+            return loss
         program.store_ids = store_ids
         program.optim_version = version
         self.programs[key] = program
@@ -518,29 +527,22 @@ class CompiledSVI:
             self.tensor_optim.eager_update(params, out["grads"])
         return program, out["loss"]
 
-    def _check_structure(self, program, sites: dict) -> None:
-        difference = structure_difference(program.sites, sites)
-        if difference is None:
-            return
+    def _structure_changed(self, key: tuple, difference: str) -> None:
+        """Drop the key's program; raise, or (``fallback="eager"``) warn and run eagerly."""
+        self.programs.pop(key, None)
         message = (
-            f"CompiledSVI: the model's sample sites changed since its program was traced: "
-            f"{difference}. A program replays the sites it was traced with, so steps since "
-            f"the last check (every {self.check_every} steps) may have used a stale "
+            f"CompiledSVI: the model's sample sites differ from those its program was traced "
+            f"with: {difference}. A program replays the sites it was traced with, so steps "
+            f"since the last check (every {self.check_every} steps) may have used a stale "
             "structure. The structure depends on something a program freezes: values read "
             "with .tolist()/.numpy(), or Python state (a counter, random.random()). Make it "
             "depend on the inputs only (shapes, Python arguments), or train this model with "
             "pyro.infer.SVI."
         )
-        if self.fallback == "eager":
-            warnings.warn(
-                message + " Running it eagerly from now on.", RuntimeWarning, stacklevel=3
-            )
-            for key, p in list(self.programs.items()):
-                if p is program:
-                    del self.programs[key]
-                    self._eager_keys.add(key)
-            return
-        raise StructureChangedError(message)
+        if self.fallback != "eager":
+            raise StructureChangedError(message)
+        warnings.warn(message + " Running it eagerly from now on.", RuntimeWarning, stacklevel=4)
+        self._eager_keys.add(key)
 
 
 def _warn_if_nan(loss: Tensor) -> None:

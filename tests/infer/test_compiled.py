@@ -241,10 +241,8 @@ def test_non_tensor_argument_values_are_part_of_the_key():
 def _branching_model(x):
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(len(x))))
-    if z.sum() > 1:  # Python control flow on a sampled value
-        pyro.sample("x", dist.Normal(z.sum(), 1.0), obs=x.sum())
-    else:
-        pyro.sample("x", dist.Normal(0.0, 1.0), obs=x.sum())
+    scale = 2.0 if z.sum() > 1 else 1.0  # Python control flow on a sampled value
+    pyro.sample("x", dist.Normal(scale * z.sum(), 1.0), obs=x.sum())
 
 
 def _branching_guide(x):
@@ -260,7 +258,9 @@ def test_value_dependent_control_flow_is_refused_naming_the_line():
     )
     svi.step(x)  # first sight: eager
     before = pyro.param("logit").detach().clone()
-    with pytest.raises(CompileError, match=r"test_compiled\.py:\d+: `if z.sum\(\) > 1:"):
+    with pytest.raises(
+        CompileError, match=r"test_compiled\.py:\d+: `scale = 2.0 if z.sum\(\) > 1 else 1.0"
+    ):
         svi.step(x)
     assert torch.equal(pyro.param("logit").detach(), before)  # the failed trace left no trace
 
@@ -284,14 +284,11 @@ def test_value_dependent_control_flow_can_fall_back_to_eager_with_a_warning():
     assert not svi.programs
 
 
-def test_check_every_names_a_site_that_appears():
-    calls = [0]
-
+def _switching_model_and_guide(extra: list):
     def model(x):
-        calls[0] += 1
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(len(x))))
-            if calls[0] > 4:  # Python state: frozen in the program
+            if extra[0]:  # Python state: frozen in the program
                 pyro.sample("extra", dist.Bernoulli(0.5 * torch.ones(len(x))))
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
@@ -300,13 +297,38 @@ def test_check_every_names_a_site_that_appears():
         with pyro.plate("data", len(x)):
             pyro.sample("z", dist.Bernoulli(logits=logit.expand(len(x))))
 
+    return model, guide
+
+
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")
+def test_check_every_names_a_site_that_appears():
+    extra = [False]
+    model, guide = _switching_model_and_guide(extra)
     x = torch.tensor([1.0, 2.0])
     svi = CompiledSVI(
         model, guide, pyro.optim.Adam({"lr": 0.1}), DiscreteELBO(), "trace", check_every=3
     )
+    for _ in range(3):  # eager, traced, one replay
+        svi.step(x)
+    assert svi.num_traces == 1
+    extra[0] = True
+    svi.step(x)  # a replay: the frozen structure, not detected yet
+    with pytest.raises(StructureChangedError, match="site 'extra' .* appeared"):
+        svi.step(x)  # the third replay runs eagerly and compares
+    assert not svi.programs
+
+
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")
+def test_structure_differing_between_eager_and_traced_step_is_refused():
+    extra = [False]
+    model, guide = _switching_model_and_guide(extra)
+    x = torch.tensor([1.0, 2.0])
+    svi = CompiledSVI(model, guide, pyro.optim.Adam({"lr": 0.1}), DiscreteELBO(), "trace")
+    svi.step(x)
+    extra[0] = True
     with pytest.raises(StructureChangedError, match="site 'extra'"):
-        for _ in range(10):
-            svi.step(x)
+        svi.step(x)
+    assert not svi.programs  # nothing to replay
 
 
 def test_param_initialised_with_a_fresh_tensor_every_call():
