@@ -153,8 +153,11 @@ def user_frame(exc: BaseException) -> str:
 
 
 def _is_host_read(exc: BaseException) -> bool:
+    # make_fx: "...get value out of a tracing tensor with aten._local_scalar_dense...";
+    # CUDA-graph capture: "operation not permitted when stream is capturing"
     text = str(exc)
-    return "_local_scalar_dense" in text or "data-dependent" in text
+    markers = ("_local_scalar_dense", "data-dependent", "stream is capturing", "StreamCapture")
+    return any(m in text for m in markers)
 
 
 def host_read_error(exc: BaseException, backend: str) -> CompileError:
@@ -262,9 +265,11 @@ def _keep_side_effects(node) -> bool:
 class CompiledSVI:
     r"""A drop-in for :class:`pyro.infer.SVI` whose steps replay a traced tensor program.
 
-    The first :meth:`step` for an input structure runs the step through Pyro while
-    recording it (a real step: its result is returned); later steps with the same
-    structure replay the recording. A program is specialised to, and only replayed for:
+    The first :meth:`step` for an input structure runs eagerly (it builds the parameters
+    that estimators create lazily, and shows Pyro's own errors); the second runs through
+    Pyro while recording its tensor operations (a real step: its result is returned);
+    later steps with the same structure replay the recording, as :func:`jax.jit` and
+    :class:`torch.cuda.CUDAGraph` do. A program is specialised to, and only replayed for:
 
     - each tensor argument's shape, dtype, device and ``requires_grad``; the value of each
       plain Python argument (numbers, strings, ``None``); the identity of any other object;
