@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from pyro_discrete.infer.compiled_optim import TensorOptimizer
-from pyro_discrete.infer.cuda_graph import CudaGraphProgram, capture_step
+from pyro_discrete.infer.cuda_graph import CaptureError, CudaGraphProgram, capture_step
 from pyro_discrete.infer.shared_noise import compiling
 
 BACKENDS = ("auto", "trace", "trace+inductor", "cuda_graph")
@@ -482,6 +482,8 @@ class CompiledSVI:
                 for t, saved in zip(state, snapshot, strict=True):
                     t.copy_(saved)
             error = host_read_error(exc, backend) if _is_host_read(exc) else exc
+            if isinstance(exc, CaptureError):
+                error = CompileError(f"CompiledSVI(backend='cuda_graph') cannot capture: {exc}")
             if self.fallback == "eager" and isinstance(error, CompileError):
                 warnings.warn(
                     f"{error} Running this input structure eagerly.", RuntimeWarning, stacklevel=3

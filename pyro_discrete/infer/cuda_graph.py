@@ -26,6 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 _FACTORIES = (torch.tensor, torch.as_tensor, torch.asarray)
 
 
+class CaptureError(RuntimeError):
+    """Something in the step that one CUDA graph would freeze; the message says the fix."""
+
+
 def _target_is_cuda(kwargs: dict) -> bool:
     device = kwargs.get("device")
     if device is None:
@@ -59,11 +63,11 @@ class StagedConstants(TorchFunctionMode):
             self.staged.append((host, device_value.clone()))
             return device_value
         if self.position >= len(self.staged):
-            raise RuntimeError("a torch.tensor(..., device='cuda') constant appeared in capture")
+            raise CaptureError("a torch.tensor(..., device='cuda') constant appeared in capture")
         staged_host, staged_device = self.staged[self.position]
         self.position += 1
         if staged_host.shape != host.shape or not torch.equal(staged_host, host):
-            raise RuntimeError(
+            raise CaptureError(
                 "a torch.tensor(..., device='cuda') constant changed between the warm-up "
                 "step and capture; a CUDA graph would freeze it: compute it on the device"
             )
@@ -84,14 +88,14 @@ class CpuStateGuard(TorchDispatchMode):
         if not isinstance(first, Tensor) or first.device.type != "cpu":
             return out
         if torch.Tag.nondeterministic_seeded in func.tags:
-            raise RuntimeError(
+            raise CaptureError(
                 f"the step draws random numbers on the CPU ({func}): a CUDA graph would "
                 "replay the same numbers; draw on the GPU (e.g. pyro.plate(..., "
                 "device='cuda') for subsampling)"
             )
         mutable = func._schema.is_mutable
         if mutable and first.untyped_storage().data_ptr() in self.cpu_state:
-            raise RuntimeError(
+            raise CaptureError(
                 f"the step updates CPU state in place ({func}): a CUDA graph would not "
                 "replay it; keep parameters and statistics on the GPU"
             )
@@ -134,10 +138,10 @@ def capture_step(
 
     device = next((t.device for t in state if t.is_cuda), None)
     if device is None:
-        raise RuntimeError("backend 'cuda_graph' needs the parameters on a CUDA device")
+        raise CaptureError("backend 'cuda_graph' needs the parameters on a CUDA device")
     for t in tensors:
         if not t.is_cuda:
-            raise RuntimeError(
+            raise CaptureError(
                 f"a tensor argument of shape {tuple(t.shape)} is on {t.device}; "
                 "backend 'cuda_graph' needs the data on the GPU (x.to('cuda'))"
             )
@@ -180,4 +184,4 @@ def _count(obj) -> int:
     return 0
 
 
-__all__ = ["CpuStateGuard", "CudaGraphProgram", "StagedConstants", "capture_step"]
+__all__ = ["CaptureError", "CpuStateGuard", "CudaGraphProgram", "StagedConstants", "capture_step"]
