@@ -47,10 +47,16 @@ from benchmarks.pyro_models import (
 )
 
 IMPLS = ("handwritten", "pyro_discrete", "tracegraph")
+# With --compile: CompiledSVI (backend "auto": "cuda_graph" on CUDA, "trace" on CPU), with
+# --inductor also the traced program compiled by torch.compile, and on CUDA the
+# hand-written step captured in one CUDA graph (the floor).
+COMPILED_IMPLS = ("compiled", "compiled_inductor", "handwritten_graph")
 # Unique parameter and site names for every Pyro variant built in this process.
 _VARIANT_IDS = itertools.count()
 # The performance issue's targets for pyro_discrete / hand-written, by device and batch.
 TARGETS = {"cpu": {24: 1.3, 256: 1.1}, "cuda": {24: 1.2, 1024: 1.05}}
+# Issue 10's targets for a compiled step / hand-written *eager* step.
+COMPILED_TARGETS = {"cpu": {24: 1.0, 256: 1.0}, "cuda": {24: 0.25, 1024: 0.5}}
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ class Variant:
     # Tensors that persist between steps (parameters, their .grad, optimiser state); with
     # the step's own peak this gives the total footprint.
     persistent: Callable[[], list[Tensor]] = lambda: []
+    # Steps taken before timing starts (tracing, compiling, capture), not timed.
+    prepare_steps: int = 0
 
 
 def _optim_state_tensors(optim: torch.optim.Optimizer) -> list[Tensor]:
@@ -204,6 +212,11 @@ def build_variants(
             v = Variant("pyro_discrete", estimator, _unavailable, _no_scope)
             v.error = f"skipped: pyro_discrete.infer.DiscreteELBO not importable ({why})"
             out.append(v)
+    for impl, backend in (("compiled", "auto"), ("compiled_inductor", "trace+inductor")):
+        if impl in impls:
+            out.append(_compiled_variant(impl, backend, spec, estimator, device, seed))
+    if "handwritten_graph" in impls and device.type == "cuda":
+        out.append(_handwritten_graph_variant(spec, estimator, device, seed))
     if "tracegraph" in impls and estimator in ("reinforce", "nvil"):
         net = spec.build(seed, device)
         baselines = nvil_baselines(net) if estimator == "nvil" else None
@@ -214,6 +227,64 @@ def build_variants(
         v.persistent = _pyro_persistent(svi)
         out.append(v)
     return out
+
+
+def _compiled_variant(
+    impl: str, backend: str, spec: ModelSpec, estimator: str, device: torch.device, seed: int
+) -> Variant:
+    """pyro_discrete's step through CompiledSVI: traced (or captured) once, replayed."""
+    try:
+        from pyro_discrete.infer import CompiledSVI
+
+        net = spec.build(seed, device)
+        baselines = nvil_baselines(net) if estimator == "nvil" else None
+        pair = PyroPair(net, f"pc{next(_VARIANT_IDS)}_{estimator}", baselines)
+        optim, optim_name = discrete_optim()
+        svi = CompiledSVI(pair.model, pair.guide, optim, discrete_loss(estimator), backend=backend)
+    except Exception as exc:
+        v = Variant(impl, estimator, _unavailable, _no_scope)
+        v.error = f"{type(exc).__name__}: {exc}"
+        return v
+    v = Variant(impl, estimator, svi.step, _pyro_scope(), f"CompiledSVI({backend}), {optim_name}")
+    v.persistent = _pyro_persistent(svi)
+    # eager first sight, trace (or capture), then replays; inductor compiles on the 3rd
+    v.prepare_steps = 4
+    return v
+
+
+def _handwritten_graph_variant(
+    spec: ModelSpec, estimator: str, device: torch.device, seed: int
+) -> Variant:
+    """The hand-written step captured in one CUDA graph (capturable Adam): the floor."""
+    step = hw.make_step(estimator, spec.build(seed, device))
+    for name in ("optim", "cv_optim"):
+        optimizer = getattr(step, name, None)
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["capturable"] = True
+    graph: dict = {}
+
+    def replay(x: Tensor) -> Tensor:
+        if "graph" not in graph:
+            static_x = x.clone()
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step.step(static_x)
+            torch.cuda.current_stream(device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = step.step(static_x)
+            graph.update(graph=g, x=static_x, out=out)
+        graph["x"].copy_(x)
+        graph["graph"].replay()
+        return graph["out"]
+
+    v = Variant("handwritten_graph", estimator, replay, _no_scope, "one CUDA graph")
+    v.persistent = _hand_persistent(step)
+    v.prepare_steps = 1
+    return v
 
 
 def _unavailable(x: Tensor) -> None:
@@ -241,6 +312,9 @@ def time_variants(
     for v in live:
         try:
             with v.scope():
+                for _ in range(v.prepare_steps):
+                    v.step(x)
+                _sync(device)
                 t0 = time.perf_counter()
                 for _ in range(max(warmup, 1)):
                     v.step(x)
@@ -453,6 +527,58 @@ def headline_table(rows: list[Row], device: str) -> str:
     return _md_table(header, body)
 
 
+def compiled_table(rows: list[Row], device: str) -> str:
+    """Compiled steps next to eager ones, every ratio over the hand-written eager step."""
+    targets = COMPILED_TARGETS.get(device, {})
+    keyed = {(r.impl, r.estimator, r.batch): r for r in rows}
+    body = []
+    for batch in sorted({r.batch for r in rows}):
+        for est in sorted({r.estimator for r in rows}, key=hw.ESTIMATORS.index):
+
+            def get(impl: str, attr: str, batch=batch, est=est) -> float | None:
+                r = keyed.get((impl, est, batch))
+                return None if r is None else getattr(r, attr)
+
+            compiled = get("compiled", "ratio_vs_handwritten")
+            target = targets.get(batch)
+            verdict = ""
+            if compiled is not None and target is not None:
+                verdict = "pass" if compiled <= target else "FAIL"
+            floor = get("handwritten_graph", "median_ms")
+            compiled_ms = get("compiled", "median_ms")
+            body.append(
+                [
+                    str(batch),
+                    est,
+                    _fmt(get("handwritten", "median_ms")),
+                    _fmt(get("pyro_discrete", "ratio_vs_handwritten")),
+                    _fmt(compiled_ms),
+                    _fmt(compiled),
+                    _fmt(get("compiled", "min_ratio_vs_handwritten")),
+                    _fmt(get("compiled_inductor", "ratio_vs_handwritten")),
+                    "" if target is None else f"≤ {target}",
+                    verdict,
+                    _fmt(floor),
+                    _fmt(compiled_ms / floor if compiled_ms and floor else None),
+                ]
+            )
+    header = [
+        "batch",
+        "estimator",
+        "hand-written ms",
+        "eager / hand",
+        "compiled ms",
+        "compiled / hand",
+        "(fastest-step ratio)",
+        "compiled+inductor / hand",
+        "target",
+        "verdict",
+        "hand-written CUDA graph ms",
+        "compiled / hand graph",
+    ]
+    return _md_table(header, body)
+
+
 def memory_table(rows: list[Row]) -> str:
     body = [
         [
@@ -601,6 +727,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-storchastic", action="store_true")
     p.add_argument("--storchastic-timeout", type=int, default=900)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time CompiledSVI (and, on CUDA, the hand-written step in a CUDA graph)",
+    )
+    p.add_argument(
+        "--inductor",
+        action="store_true",
+        help="with --compile: also the traced program compiled by torch.compile (minutes)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.rounds, args.steps, args.budget = 1, 1, 2, 0.5
@@ -619,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     estimators = tuple(e for e in args.estimators.split(",") if e)
     impls = tuple(i for i in args.impls.split(",") if i)
+    if args.compile:
+        impls += ("compiled",) + (("compiled_inductor",) if args.inductor else ())
+        impls += ("handwritten_graph",) if device.type == "cuda" else ()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -684,6 +823,15 @@ def main(argv: list[str] | None = None) -> int:
         "NVIL is Pyro's nn_baseline (no variance normalisation); TraceGraph has no "
         "REBAR/RELAX.",
     )
+    if args.compile:
+        emit(
+            f"Compiled steps on the {base.label()} ({device.type})",
+            compiled_table(headline_rows, device.type)
+            + "\n\nCompiled: `CompiledSVI` (backend auto: one CUDA graph on CUDA, a replayed "
+            "make_fx trace on the CPU), timed after its program is built; every ratio divides "
+            "by the hand-written *eager* step of the same estimator in this run. The "
+            "hand-written CUDA graph (capturable Adam) is the floor.",
+        )
     if not args.no_memory:
         emit(
             "Peak memory of one step (target: REBAR/RELAX within 3× REINFORCE)",

@@ -195,7 +195,10 @@ def gumbel_conditional_noise(logits: Tensor, z: Tensor, outcome: Tensor) -> Tens
 
 def onehot_argmax(z: Tensor) -> Tensor:
     """The one-hot vector of :math:`\\arg\\max_k z_k` in ``z``'s dtype."""
-    return F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)
+    # A comparison, not F.one_hot: on the CPU one_hot checks the index range by reading
+    # min/max to the host (aten._local_scalar_dense), which a traced step cannot do.
+    classes = torch.arange(z.shape[-1], device=z.device)
+    return (z.argmax(-1, keepdim=True) == classes).to(z.dtype)
 
 
 def relax_categorical(z: Tensor, temperature: Tensor | float) -> Tensor:

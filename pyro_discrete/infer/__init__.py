@@ -5,12 +5,15 @@ Swap the estimator by changing one argument::
     svi = SVI(model, guide, optim, loss=DiscreteELBO(estimator="relax"))
 
 or use the named classes (``REBAR_ELBO()`` is ``DiscreteELBO(estimator="rebar")``), made
-for every adapter in :mod:`pyro_discrete.infer.adapters`.
+for every adapter in :mod:`pyro_discrete.infer.adapters`. :class:`CompiledSVI` is a
+drop-in for ``SVI`` that traces the whole step once and replays it as a tensor program (or
+one CUDA graph).
 """
 
 from __future__ import annotations
 
 from pyro_discrete.infer.adapters import ESTIMATOR_CLASSES, SiteEstimator, Terms
+from pyro_discrete.infer.compiled import CompiledSVI, CompileError, StructureChangedError
 from pyro_discrete.infer.control_variates import (
     control_variate_lr,
     control_variate_state,
@@ -47,11 +50,14 @@ ESTIMATORS: dict[str, type[DiscreteELBO]] = {name: _named(name) for name in ESTI
 globals().update({cls.__name__: cls for cls in ESTIMATORS.values()})
 
 __all__ = [
+    "CompileError",
+    "CompiledSVI",
     "DiscreteELBO",
     "ESTIMATORS",
     "NonFiniteLossError",
     "SiteError",
     "SiteEstimator",
+    "StructureChangedError",
     "Terms",
     "control_variate_lr",
     "control_variate_state",

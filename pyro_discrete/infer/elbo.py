@@ -41,6 +41,7 @@ from pyro_discrete.infer.dependencies import (
     structure_key,
 )
 from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
+from pyro_discrete.infer.shared_noise import is_compiling
 from pyro_discrete.infer.sites import SiteError
 
 PARTICLE_PLATE = "num_particles_vectorized"
@@ -250,7 +251,8 @@ class DiscreteELBO(ELBO):
             elbo, loss = ev.elbo() / ev.num_particles, terms.loss() / ev.num_particles
         if not torch.is_tensor(loss):
             loss = elbo.new_tensor(float(loss))
-        if self.check_finite:
+        # a host read cannot be traced: CompiledSVI returns the loss for the caller to check
+        if self.check_finite and not is_compiling():
             _check_finite(ev, elbo, loss)
         return elbo, loss, terms.updates
 

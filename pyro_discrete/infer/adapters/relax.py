@@ -12,6 +12,7 @@ from pyro_discrete import estimators as E
 from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.adapters.base import SiteEstimator, Terms, variance_gradient_loss
 from pyro_discrete.infer.evaluation import GUIDE, cost_terms
+from pyro_discrete.infer.shared_noise import SharedNoise
 from pyro_discrete.infer.sites import SiteError, is_relaxable
 from pyro_discrete.nn import mlp
 
@@ -125,10 +126,15 @@ class RELAX(SiteEstimator):
         eta, temp, params = self.control_variate_params(site)
         relaxation = site.relaxation()
         z_tilde = site.conditional_z(self.options["reuse_noise"])
-        rng = _rng_state(site.logits)
-        c_z = eta * self._relaxed_signal(ev, site, relaxation.relax(site.z, temp), temp, True)
-        _set_rng_state(site.logits, rng)
-        c_zt = eta * self._relaxed_signal(ev, site, relaxation.relax(z_tilde, temp), temp, False)
+        # c(z) and c(z~) are one function: later value-free draws (continuous sites) are
+        # shared between the two passes, eagerly and inside a compiled program
+        noise = SharedNoise(site.logits)
+        with noise.first():
+            c_z = eta * self._relaxed_signal(ev, site, relaxation.relax(site.z, temp), temp, True)
+        with noise.again():
+            c_zt = eta * self._relaxed_signal(
+                ev, site, relaxation.relax(z_tilde, temp), temp, False
+            )
         extra_z, network = self.learned_surrogate(site, site.z, c_z)
         extra_zt, _ = self.learned_surrogate(site, z_tilde, c_zt)
         learn = bool(self.options["learn_control_variates"])
@@ -166,17 +172,3 @@ class REBAR(RELAX):
 
     def learned_surrogate(self, site, z, like):
         return 0.0, []
-
-
-def _rng_state(like: Tensor):
-    # The relaxed and conditionally relaxed passes must draw the same noise at continuous
-    # and model-only sites, so that c(z) and c(z~) are one function.
-    if like.is_cuda:
-        return torch.get_rng_state(), torch.cuda.get_rng_state(like.device)
-    return torch.get_rng_state(), None
-
-
-def _set_rng_state(like: Tensor, state) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], like.device)
