@@ -139,8 +139,9 @@ class DiscreteELBO(ELBO):
         if name is None and not options:
             return self.estimator
         name = name or self.estimator.name
-        # keyed by value, so an option rebuilt every step (a fresh float) finds its estimator
-        key = (msg["name"], name, tuple(sorted((k, _option_key(v)) for k, v in options.items())))
+        # keyed by value, so an option rebuilt every step (a fresh float) finds its estimator;
+        # sites with the same estimator and options share one (and its grouped state)
+        key = (name, tuple(sorted((k, _option_key(v)) for k, v in options.items())))
         estimator = self._site_estimators.get(key)
         if estimator is None:
             estimator = make_estimator(name, site=msg["name"], **options)
