@@ -100,7 +100,8 @@ class Costs:
     """Seconds per operation, from the calibration and updated with what the run measures."""
 
     step: dict[str, float]  #: one steady training step of each estimator
-    first_steps: dict[str, float]  #: the first two steps (caches, networks) of each estimator
+    #: the first steps of each estimator: two (caches, networks), three when compiled
+    first_steps: dict[str, float]
     variance_draw: dict[str, float]  #: one gradient draw of each estimator
     variance_setup: dict[str, float]  #: a fresh model with the reference run's parameters
     evaluation: float  #: one ELBO evaluation of one run
@@ -140,8 +141,15 @@ def _plot_cost(lines: int, points: int) -> float:
     return _time(draw)
 
 
-def calibrate(task, s, device, init: dict, steps: int = 8) -> Costs:
-    """Time every operation of a comparison on throwaway runs (about ``steps`` steps each)."""
+def calibrate(task, s, device, init: dict, step_choice=None, steps: int = 8) -> Costs:
+    """Time every operation of a comparison on throwaway runs (about ``steps`` steps each).
+
+    ``step_choice`` (:class:`~pyro_discrete.cli.compiling.StepChoice`, default eager): a
+    compiled run's first three steps (eager, traced, first replay) are timed as its
+    first steps, and only replays as its steady step; each timed step reads its loss, so
+    that a device's queued work is on the clock.
+    """
+    from .compiling import EAGER
     from .measure import (
         control_variate_state,
         elbo_on_fixed_data,
@@ -154,17 +162,27 @@ def calibrate(task, s, device, init: dict, steps: int = 8) -> Costs:
     eval_args = evaluation_data(task, s.eval_examples, s.seed, device)
     # one untimed step first: the first step of a process imports what the optimiser and the
     # estimators need (seconds, once), which is not a cost of each run
-    warm = new_run(task, s.estimators[0], s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
-    warm.svi.step(*task.args(warm.loader.next_batch()))
+    # (a compiled step: its eager, traced and first replayed steps, which import the tracer)
+    choice = step_choice or EAGER
+    warm = new_run(
+        task, s.estimators[0], s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init, choice
+    )
+    warm_batch = task.args(warm.loader.next_batch())
+    for _ in range(choice.warmup_steps):
+        float(warm.svi.step(*warm_batch))
+    # eager: the first two steps build caches and networks; compiled: eager, trace, replay
+    first_count = max(2, choice.warmup_steps)
     step, first, draw, setup = {}, {}, {}, {}
     evaluation = iw = math.inf
     for name in s.estimators:
-        run = new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init)
+        run = new_run(task, name, s.lr, s.cv_lr_factor, s.batch_size, s.seed, device, init, choice)
         svi = run.svi
         batch = task.args(run.loader.next_batch())
-        first[name] = _time(lambda: [svi.step(*batch) for _ in range(2)])  # noqa: B023
+        first[name] = _time(lambda: [float(svi.step(*batch)) for _ in range(first_count)])  # noqa: B023
         # the median of single steps: one step slowed by another process does not set the plan
-        step[name] = sorted(_time(lambda: svi.step(*batch)) for _ in range(steps))[steps // 2]  # noqa: B023
+        step[name] = sorted(_time(lambda: float(svi.step(*batch))) for _ in range(steps))[  # noqa: B023
+            steps // 2
+        ]
         evaluation = min(evaluation, _time(lambda: elbo_on_fixed_data(run, eval_args, 0)))  # noqa: B023
         if s.iw_samples and iw == math.inf:
             valid = task.args(task.split_rows("valid")[: s.eval_examples].to(device))

@@ -39,6 +39,7 @@ import torch
 from pyro_discrete.infer import ESTIMATORS
 
 from .budget import BudgetClock, Costs, calibrate
+from .compiling import StepChoice, choose_step
 from .errors import CLIError
 from .lock import RunLock
 from .measure import (
@@ -107,6 +108,9 @@ class CompareSettings:
     seeds: int = 1
     #: ``"steps"``: the same number of steps for every run; ``"time"``: the same training time
     equal: str = "steps"
+    #: ``--compile`` and ``--compile-backend`` (:func:`~.compiling.choose_step`)
+    compile: str = "auto"
+    compile_backend: str = "auto"
 
     def run_seed(self, index: int) -> int:
         """The seed of the ``index``-th initialisation and data order."""
@@ -154,6 +158,8 @@ class Outcome:
     schedule_total: float = 0.0
     stopped_by: str = "steps"
     load: LoadMonitor = field(default_factory=LoadMonitor)
+    #: how every run took its steps, e.g. ``"compiled: trace backend"``
+    step_kind: str = ""
 
     def record(
         self, estimator: str, seed: int, metric: str, step: int, wall: float, value: float
@@ -177,7 +183,8 @@ class _Comparison:
         self, s: CompareSettings, task: Task, device: torch.device, clock: BudgetClock
     ) -> None:
         self.s, self.task, self.device, self.clock = s, task, device, clock
-        self.outcome = Outcome(s)
+        self.step_choice: StepChoice = choose_step(s.compile, s.compile_backend, device)
+        self.outcome = Outcome(s, step_kind=self.step_choice.description)
         self.eval_args = evaluation_data(task, s.eval_examples, s.seed, device)
         self.inits, self.variance_batches = [], []
         for i in range(s.seeds):
@@ -209,6 +216,7 @@ class _Comparison:
                     s.run_seed(i),
                     self.device,
                     self.inits[i],
+                    self.step_choice,
                 )
                 self.slots[(name, i)] = _Slot(run)
 
@@ -396,7 +404,8 @@ class _Comparison:
             valid = self.task.args(self.task.split_rows("valid")[: s.eval_examples].to(self.device))
         for (name, i), slot in self.slots.items():
             run = slot.resume()
-            steady = run.step_times[1:] or run.step_times
+            # a compiled run's first three steps are eager, traced, first replay
+            steady = run.step_times[run.step_choice.warmup_steps :] or run.step_times
             summary = {
                 "steps": run.step,
                 "train_time_s": run.train_time,
@@ -439,7 +448,7 @@ def _schedule(cmp: _Comparison, as_process: bool) -> Schedule:
             "steps", s.steps, rounds_for("steps", s.steps, None), s.eval_points, s.variance_points
         )
     with clock.phase("calibration"):
-        costs = calibrate(cmp.task, s, cmp.device, cmp.inits[0])
+        costs = calibrate(cmp.task, s, cmp.device, cmp.inits[0], cmp.step_choice)
     cmp.outcome.costs = costs
     runs = s.seeds * len(s.estimators)
     planned = {
@@ -512,6 +521,7 @@ def run_compare(
         cmp.start_runs()
     with clock.phase("evaluations"):
         cmp.evaluate()  # step 0: every curve starts at its initialisation
+    print(f"compare: {cmp.step_choice.description}", file=sys.stderr)
     cmp.train(schedule, progress)
     cmp.finish()
     cmp.outcome.schedule_total = schedule.total
@@ -567,6 +577,8 @@ def compare_settings(args: argparse.Namespace, estimators: Sequence[str]) -> Com
         time_budget=args.time_budget,
         seeds=args.seeds,
         equal=args.equal,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
     )
 
 
@@ -602,7 +614,7 @@ def compare_into(
             f"{out} already exists and is not empty; pass --overwrite to replace "
             "it or choose another --out"
         )
-    make_device(settings.device)
+    choose_step(settings.compile, settings.compile_backend, make_device(settings.device))
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as locks:
         # one comparison per --out at a time, and never over a run directory in use

@@ -28,6 +28,7 @@ from pyro_discrete._io import atomic_write_text
 from pyro_discrete.diagnostics import elbo_estimate
 
 from . import metrics, rundir
+from .compiling import StepChoice, choose_step
 from .errors import CLIError
 from .lock import LOCK, RunLock
 from .tasks import Task, check_model_name, make_device, make_elbo, make_task
@@ -111,6 +112,10 @@ def _restore(
 
 
 def _checkpoint(run: RunState, config: dict) -> dict:
+    # the smoothed ELBO must hold every step trained so far: read the compiled steps' losses
+    run.sync()
+    # a compiled step updates the optimizer's own state tensors in place, so
+    # run.optim.get_state() holds the moments and step counts of every step, compiled or not
     return {
         "format_version": rundir.FORMAT_VERSION,
         "model_name": config["model"],
@@ -162,6 +167,7 @@ def _summarise(run: RunState, task: Task, out: Path, examples: int, device: torc
     valid_args = task.args(task.split_rows("valid")[:examples].to(device))
     summary = {
         "complete": True,
+        "step_kind": run.step_choice.description,
         "step": run.step,
         "train_time_s": round(run.train_time, 2),
         "steps_per_s": round(run.step / run.train_time, 2) if run.train_time else None,
@@ -186,7 +192,12 @@ def _interrupted(run: RunState, writer: _Writer, signum: int, out: Path) -> int:
 
 
 def _start_run(
-    out: Path, config: dict, task: Task, device: torch.device, checkpoint: dict | None
+    out: Path,
+    config: dict,
+    task: Task,
+    device: torch.device,
+    checkpoint: dict | None,
+    step_choice: StepChoice,
 ) -> RunState:
     """A new run from the config, continued from ``checkpoint`` if one is given."""
     run = new_run(
@@ -197,6 +208,7 @@ def _start_run(
         config["batch_size"],
         config["seed"],
         device,
+        step_choice=step_choice,
     )
     if checkpoint is not None:
         try:
@@ -243,13 +255,14 @@ def _train(
     checkpoint: dict | None,
 ) -> int:
     """Train to ``config["steps"]`` from ``checkpoint`` (or from scratch), then summarise."""
-    run = _start_run(out, config, task, device, checkpoint)
+    step_choice = choose_step(args.compile, args.compile_backend, device)
+    run = _start_run(out, config, task, device, checkpoint, step_choice)
     if run.step < config["steps"]:
         (out / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
     writer = _Writer(out, config, None if checkpoint is None else run.step)
     print(
         f"fit: {config['model']} with {config['estimator']} on {task.data_name}, "
-        f"steps {run.step} -> {config['steps']}, output {out}",
+        f"steps {run.step} -> {config['steps']}, output {out}; {step_choice.description}",
         file=sys.stderr,
     )
     signum = _train_until(args, run, writer, config["steps"])
@@ -310,6 +323,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Train, checkpointing every ``--checkpoint-every`` steps; ``--resume`` continues."""
     out = Path(args.out)
     device = make_device(args.device)
+    choose_step(args.compile, args.compile_backend, device)  # refused before any file is written
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
     if args.resume:

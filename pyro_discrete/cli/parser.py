@@ -12,6 +12,7 @@ from pyro_discrete.infer import ESTIMATORS
 from pyro_discrete.models import MODELS
 
 from .compare import cmd_compare
+from .compiling import COMPILE_BACKENDS, COMPILE_MODES
 from .demo import DEMO_ESTIMATORS, cmd_demo
 from .evaluate import cmd_evaluate
 from .fit import cmd_fit
@@ -82,6 +83,20 @@ def _run_options(model_default: str | None) -> argparse.ArgumentParser:
         help="one fixed Bernoulli draw of the images, or a fresh one per batch",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="auto",
+        help="train with a compiled step (CompiledSVI, docs/compiled.md): auto compiles on "
+        "CUDA, where it is faster, and not on CPU, where it is not reliably faster",
+    )
+    p.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default="auto",
+        help="CompiledSVI backend: auto (cuda_graph on CUDA, trace on CPU), trace, "
+        "trace+inductor (faster steps, minutes to compile), cuda_graph (CUDA only)",
+    )
     p.add_argument(
         "--seed",
         action=_Recorded,

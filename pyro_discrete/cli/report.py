@@ -284,7 +284,7 @@ def _mode_sentence(outcome: Outcome) -> str:
     return (
         f"{equal} Batch {s.batch_size}, Adam lr {s.lr:g}, β₂ = 0.99999, control variates at "
         f"{s.cv_lr_factor:g}× that rate, {seeds}; device `{s.device}`, "
-        f"{torch.get_num_threads()} CPU thread(s)."
+        f"{torch.get_num_threads()} CPU thread(s); steps {outcome.step_kind or 'eager'}."
     )
 
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pyro_discrete.datasets import MinibatchIterator
 from pyro_discrete.infer import DiscreteELBO
 from pyro_discrete.optim import MultiTensorAdam
 
+from .compiling import EAGER, StepChoice, make_svi
 from .errors import Interrupted
 from .tasks import Task, make_elbo, make_optimizer
 
@@ -121,14 +122,49 @@ class RunState:
     step_times: list[float] = field(default_factory=list)
     ema: EMA = field(default_factory=EMA)
     smoothed: float = float("nan")
+    #: eager or compiled steps (``--compile``)
+    step_choice: StepChoice = EAGER
+    #: ``(step, loss, batch size)`` of the steps whose loss is not yet read to the host
+    pending: list[tuple[int, Tensor | float, int]] = field(default_factory=list)
+    _svi: object = field(default=None, repr=False)
 
     @property
     def train_time(self) -> float:
         return self.elapsed - self.excluded
 
     @property
-    def svi(self) -> pyro.infer.SVI:
-        return pyro.infer.SVI(self.model.model, self.model.guide, self.optim, loss=self.elbo)
+    def svi(self):
+        """The run's SVI, built on first use and kept (a compiled one holds its programs)."""
+        if self._svi is None:
+            self._svi = make_svi(
+                self.model.model, self.model.guide, self.optim, self.elbo, self.step_choice
+            )
+        return self._svi
+
+    def sync(self) -> None:
+        """Read the pending losses to the host (one sync) and fold them into the EMA.
+
+        :raises FloatingPointError: naming the first step whose loss is not finite, and
+            the steps read at this sync.
+        """
+        if not self.pending:
+            return
+        steps = [s for s, _, _ in self.pending]
+        losses = [loss for _, loss, _ in self.pending]
+        if all(torch.is_tensor(x) for x in losses):
+            values = torch.stack([x.detach().reshape(()) for x in losses]).tolist()
+        else:
+            values = [float(x) for x in losses]
+        sizes = [n for _, _, n in self.pending]
+        self.pending.clear()
+        for step, value, size in zip(steps, values, sizes, strict=True):
+            if not math.isfinite(value):
+                read = f"step {step}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+                raise FloatingPointError(
+                    f"{self.name}: loss became {value} at step {step} (losses of {read} read "
+                    "at this sync)"
+                )
+            self.smoothed = -self.ema.update(value / size)
 
 
 def _show_progress(bar, run: RunState) -> None:
@@ -151,10 +187,15 @@ def advance(
 
     Stops early, between steps, once ``stop()`` is true.
 
+    An eager step's loss is a Python float, read at every step. A compiled step returns a
+    device tensor without waiting for the device; its losses are read together (one host
+    sync, :meth:`RunState.sync`) every ``log_every`` steps, at ``until`` and when stopping.
+
     ``run.elapsed`` accumulates only the time spent here, so runs that take turns (see
     :func:`~pyro_discrete.cli.compare.run_compare`) each count their own training time.
 
-    :raises FloatingPointError: when the loss is not finite.
+    :raises FloatingPointError: when the loss is not finite (compiled steps: at the sync
+        that reads it, naming the step).
     """
     svi = run.svi
     start = time.perf_counter() - run.elapsed
@@ -163,14 +204,15 @@ def advance(
         t_step = time.perf_counter()
         loss = svi.step(*run.task.args(batch))
         run.step_times.append(time.perf_counter() - t_step)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{run.name}: loss became {loss} at step {run.step + 1}")
         run.step += 1
+        run.pending.append((run.step, loss, batch.shape[0]))
+        log_point = run.step % log_every == 0 or run.step == until
+        if not torch.is_tensor(loss) or log_point:
+            run.sync()
         run.elapsed = time.perf_counter() - start
         if run.step == 1:
             run.first_step_s = run.train_time
-        run.smoothed = -run.ema.update(loss / batch.shape[0])
-        if run.step % log_every == 0 or run.step == until:
+        if log_point:
             run.history.append(
                 {"step": run.step, "wall_time_s": run.train_time, "train_elbo_ema": run.smoothed}
             )
@@ -183,6 +225,7 @@ def advance(
             # the callback's own time is on the clock now; it subtracts what it excludes
             run.elapsed = time.perf_counter() - start
         if stop is not None and stop():
+            run.sync()
             return
 
 
@@ -195,8 +238,12 @@ def new_run(
     seed: int,
     device: torch.device,
     init_state: dict | None = None,
+    step_choice: StepChoice = EAGER,
 ) -> RunState:
-    """A fresh run: cleared param store, seeded RNG, a new model (or ``init_state``)."""
+    """A fresh run: cleared param store, seeded RNG, a new model (or ``init_state``).
+
+    ``step_choice``: eager or compiled steps (:func:`~pyro_discrete.cli.compiling.choose_step`).
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = task.build_model()
@@ -205,7 +252,13 @@ def new_run(
     model.to(device)
     loader = task.loader(batch_size, seed, device)
     return RunState(
-        task, model, make_elbo(estimator), make_optimizer(lr, cv_factor), loader, name=estimator
+        task,
+        model,
+        make_elbo(estimator),
+        make_optimizer(lr, cv_factor),
+        loader,
+        name=estimator,
+        step_choice=step_choice,
     )
 
 
