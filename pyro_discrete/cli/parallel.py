@@ -129,6 +129,11 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None
         }
 
 
+def _on_cpu(state: dict) -> dict:
+    # a GPU run's checkpoint resumes on a CPU machine, as the single-process one does
+    return {**state, "params": {k: v.cpu() for k, v in state["params"].items()}}
+
+
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     store = pyro.get_param_store()
     return {
@@ -203,7 +208,7 @@ class _RunDirectory(Callback):
             "elapsed": self.elapsed,
             "excluded": self.excluded,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "param_store": rundir.param_store_state(),
+            "param_store": _on_cpu(rundir.param_store_state()),
             "optim": _optimizer_state(trainer.optimizers[0]),
             "loader": {
                 "epoch": consumed // batches,
