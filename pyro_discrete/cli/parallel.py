@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -175,9 +176,14 @@ class _RunDirectory(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.step += 1
         self.elapsed = time.perf_counter() - self._clock
+        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+        if not math.isfinite(loss):  # each process its own: Lightning then stops the others
+            raise FloatingPointError(
+                f"{self.config['estimator']}: loss became {loss} at step {self.step} on "
+                f"process {trainer.global_rank}"
+            )
         if trainer.global_rank != 0:
             return
-        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
         self.smoothed = -self.ema.update(loss / batch.shape[0])
         last = self.step == self.config["steps"]
         if self.step % self.args.log_every == 0 or last:
