@@ -299,6 +299,7 @@ def _resume(args: argparse.Namespace, out: Path, device: torch.device) -> int:
         )
     metrics.truncate_metrics(out / rundir.METRICS, checkpoint["step"])
     updated = {**config, "steps": steps, "device": str(device)}
+    updated.pop("parallel", None)  # recorded by a multi-process run; this one is not
     if updated != config:
         rundir.write_config(out, updated)
     return _train(args, out, updated, task, device, checkpoint)
@@ -319,8 +320,23 @@ def _clear_for_new_run(out: Path, overwrite: bool) -> None:
             entry.unlink()
 
 
+def _parallel(args: argparse.Namespace) -> bool:
+    """Whether the run trains through Lightning (:mod:`~pyro_discrete.cli.parallel`)."""
+    return (
+        getattr(args, "devices", 1) > 1
+        or getattr(args, "num_nodes", 1) > 1
+        or getattr(args, "strategy", None) is not None
+    )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Train, checkpointing every ``--checkpoint-every`` steps; ``--resume`` continues."""
+    if _parallel(args):
+        try:
+            from .parallel import cmd_fit_parallel  # imports Lightning, an optional dependency
+        except ImportError as e:
+            raise CLIError(f"--devices/--num-nodes/--strategy: {e}") from None
+        return cmd_fit_parallel(args)
     out = Path(args.out)
     device = make_device(args.device)
     choose_step(args.compile, args.compile_backend, device)  # refused before any file is written

@@ -165,6 +165,20 @@ def _add_fit(sub) -> None:
         default=1000,
         help="validation examples for the final ELBO",
     )
+    # data-parallel training through Lightning (pyro_discrete.cli.parallel)
+    fit.add_argument(
+        "--devices", type=_positive_int, default=1, help="processes (CPU) or GPUs per machine"
+    )
+    fit.add_argument("--num-nodes", type=_positive_int, default=1, help="machines")
+    fit.add_argument(
+        "--accelerator", choices=["cpu", "gpu"], default="cpu", help="with --devices > 1"
+    )
+    fit.add_argument(
+        "--strategy",
+        choices=["ddp"],
+        default=None,
+        help="train through Lightning's Trainer (implied by --devices or --num-nodes > 1)",
+    )
     fit.set_defaults(func=cmd_fit)
 
 

@@ -13,6 +13,9 @@ CORE = (
     "pyro_discrete.models",
     "pyro_discrete.optim",
     "pyro_discrete.testing",
+    # the command line imports Lightning only for fit --devices/--strategy (cli/parallel.py)
+    "pyro_discrete.cli",
+    "pyro_discrete.cli.fit",
 )
 
 
