@@ -343,7 +343,10 @@ def _summarise_parallel(
 ) -> dict:
     """The single-process ``summary.json``, plus the processes and examples per second."""
     train_time = writer.elapsed - writer.excluded
-    done = SimpleNamespace(step=writer.step, train_time=train_time, model=model)
+    kind = SimpleNamespace(
+        description=f"eager step, data-parallel on {world_size} process(es) through Lightning"
+    )
+    done = SimpleNamespace(step=writer.step, train_time=train_time, model=model, step_choice=kind)
     summary = _summarise(done, task, out, args.eval_examples, torch.device("cpu"))
     summary["processes"] = world_size
     examples = (writer.step - writer.first_step) * writer.config["batch_size"] * world_size
@@ -357,6 +360,11 @@ def cmd_fit_parallel(args: argparse.Namespace) -> int:
     """``fit`` through Lightning's ``Trainer`` on ``--devices`` × ``--num-nodes`` processes."""
     if args.device != "cpu":
         raise CLIError("--device does not apply with --devices/--strategy: use --accelerator")
+    if getattr(args, "compile", "auto") == "on":
+        raise CLIError(
+            "--compile on does not apply with --devices/--strategy: the data-parallel path "
+            "trains with the eager step (see docs/data_parallel.md); drop --compile"
+        )
     out = Path(args.out)
     rank = _global_rank(args)
     if rank != 0:  # started by rank 0 (or a scheduler): read, never write, the directory
