@@ -6,6 +6,7 @@ seconds; statistics and the schedule are tested on their own.
 
 import csv
 import math
+import os
 import re
 import time
 from types import SimpleNamespace
@@ -93,7 +94,11 @@ def test_time_budget_is_kept_and_accounted(capsys, tmp_path):
     )  # fmt: skip
     wall = time.perf_counter() - t0
     assert code == 0, err
-    assert abs(wall - budget) <= 0.05 * budget + 0.3, wall
+    # Never over the budget by more than 5%. It may end earlier when the machine's load rises
+    # during the run (the plan shrinks at once when steps get slower, and grows back only
+    # slowly): seen 10.7 s of 12 under a load of 6 on 2 cores, so below that only 15%.
+    assert wall <= 1.05 * budget + 0.3, wall
+    assert wall >= (0.95 if os.getloadavg()[0] <= os.cpu_count() else 0.85) * budget - 0.3, wall
     text = (out / "report.md").read_text()
     phases, total, planned = accounting(text)
     assert set(phases) >= {
