@@ -276,7 +276,9 @@ def _train(
     return 0
 
 
-def _resume(args: argparse.Namespace, out: Path, device: torch.device) -> int:
+def resume_point(args: argparse.Namespace, out: Path) -> tuple[dict, dict, int]:
+    """The run's config, its checkpoint and the step to train to, once the resume checks
+    (same options, same run, a target not below the checkpoint) have passed."""
     config = rundir.read_config(out)
     _check_resume_options(args, config, out)
     checkpoint = rundir.load_checkpoint(out)
@@ -284,6 +286,11 @@ def _resume(args: argparse.Namespace, out: Path, device: torch.device) -> int:
     steps = args.steps if args.steps is not None else config["steps"]
     if steps < checkpoint["step"]:
         raise CLIError(f"--steps {steps} is below the checkpoint's step {checkpoint['step']}")
+    return config, checkpoint, steps
+
+
+def _resume(args: argparse.Namespace, out: Path, device: torch.device) -> int:
+    config, checkpoint, steps = resume_point(args, out)
     if steps == checkpoint["step"] and (out / rundir.SUMMARY).is_file():
         print(
             f"pyro-discrete fit: the run in {out} already finished at step {steps}; nothing "

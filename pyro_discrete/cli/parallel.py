@@ -46,7 +46,7 @@ from pyro_discrete.lightning import DiscreteSVIModule, load_param_store_state, r
 
 from . import metrics, rundir
 from .errors import CLIError
-from .fit import NEW_RUN_DEFAULTS, _check_resume_options, _clear_for_new_run, _summarise
+from .fit import NEW_RUN_DEFAULTS, _clear_for_new_run, _summarise, resume_point
 from .lock import RunLock
 from .tasks import Task, check_model_name, make_elbo, make_task
 from .training import EMA
@@ -252,13 +252,7 @@ def _config(args: argparse.Namespace) -> dict:
 
 def _prepare_resume(args: argparse.Namespace, out: Path, rank: int) -> tuple[dict, dict]:
     """The updated config and the checkpoint; rank 0 also tidies the directory."""
-    config = rundir.read_config(out)
-    _check_resume_options(args, config, out)
-    checkpoint = rundir.load_checkpoint(out)
-    rundir.check_same_run(checkpoint, config, out)
-    steps = args.steps if args.steps is not None else config["steps"]
-    if steps < checkpoint["step"]:
-        raise CLIError(f"--steps {steps} is below the checkpoint's step {checkpoint['step']}")
+    config, checkpoint, steps = resume_point(args, out)
     updated = {**config, "steps": steps, "device": args.accelerator}
     updated[PARALLEL] = parallel_options(args)
     if rank == 0 and steps > checkpoint["step"]:
