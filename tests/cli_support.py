@@ -29,6 +29,20 @@ FIT = [
 ]
 
 
+#: the smallest gradient-variance and ELBO probes a ``compare`` test needs
+COMPARE_PROBES = [
+    "--variance-points",
+    "2",
+    "--variance-samples",
+    "4",
+    "--eval-points",
+    "3",
+    "--eval-examples",
+    "50",
+    "--no-progress",
+]
+
+
 def run_main(capsys, *argv):
     """``pyro-discrete *argv`` in this process: exit status, stdout, stderr."""
     code = cli.main([*argv])

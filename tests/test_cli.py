@@ -6,7 +6,7 @@ import json
 import pyro
 import pytest
 import torch
-from cli_support import FIT, run_main, run_subprocess
+from cli_support import COMPARE_PROBES, FIT, run_main, run_subprocess
 
 from pyro_discrete import cli
 from pyro_discrete.datasets import mnist as mnist_module
@@ -211,20 +211,7 @@ def test_mixture_of_experts_fits(capsys, tmp_path):
 # -- compare and demo ------------------------------------------------------------------------
 
 
-COMPARE = [
-    "compare",
-    "--steps",
-    "6",
-    "--variance-points",
-    "2",
-    "--variance-samples",
-    "4",
-    "--eval-points",
-    "3",
-    "--eval-examples",
-    "50",
-    "--no-progress",
-]
+COMPARE = ["compare", "--steps", "6", *COMPARE_PROBES]
 
 
 def test_compare_writes_report_csv_and_plots(capsys, tmp_path):

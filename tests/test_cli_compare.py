@@ -16,7 +16,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from cli_support import run_main, run_subprocess
+from cli_support import COMPARE_PROBES, run_main, run_subprocess
 from scipy import stats as scipy_stats
 
 from pyro_discrete.cli import measure, plots, report, stats
@@ -41,20 +41,7 @@ def warm_imports():
     import torch._dynamo  # noqa: F401
 
 
-TINY = [
-    "compare",
-    "--model",
-    "mixture_of_experts",
-    "--variance-points",
-    "2",
-    "--variance-samples",
-    "4",
-    "--eval-points",
-    "3",
-    "--eval-examples",
-    "50",
-    "--no-progress",
-]
+TINY = ["compare", "--model", "mixture_of_experts", *COMPARE_PROBES]
 
 
 def read_csv(path):

@@ -339,7 +339,8 @@ def _finite(value: float) -> bool:
 
 
 def _check_finite(ev: Evaluation, elbo: Tensor, loss: Tensor) -> None:
-    if bool(torch.isfinite(elbo).all()) and bool(torch.isfinite(loss.detach()).all()):
+    # one host sync per step on the hot path
+    if bool(torch.isfinite(elbo).all() & torch.isfinite(loss.detach()).all()):
         return
     culprits = ev.non_finite_costs()
     where = (
