@@ -22,8 +22,9 @@ loss is not finite before anything is updated. It knows no estimator by name.
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyro
 import pyro.poutine as poutine
@@ -96,7 +97,7 @@ class DiscreteELBO(ELBO):
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         max_iarange_nesting=None,
-        vectorize_particles: bool = False,
+        vectorize_particles: bool | None = None,
         strict_enumeration_warning: bool = True,
         ignore_jit_warnings: bool = False,
         jit_options=None,
@@ -107,13 +108,33 @@ class DiscreteELBO(ELBO):
         check_finite: bool = True,
         **options,
     ):
+        _check_arguments(
+            estimator=estimator,
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            cache_dependencies=cache_dependencies,
+            check_finite=check_finite,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+            estimator_options=estimator_options,
+        )
         self.estimator = make_estimator(estimator, **{**(estimator_options or {}), **options})
         if self.estimator.multi_sample:
             if num_particles < 2:
                 raise ValueError(
-                    f"estimator '{estimator}' needs num_particles >= 2, got {num_particles}"
+                    f"DiscreteELBO: estimator '{estimator}' needs num_particles >= 2 (it "
+                    f"compares each particle with the others), got {num_particles}"
                 )
-            vectorize_particles = True
+            if vectorize_particles is None:
+                vectorize_particles = True
+            elif not vectorize_particles and not self.estimator.loops_particles:
+                raise ValueError(
+                    f"DiscreteELBO: estimator '{estimator}' evaluates its particles as one "
+                    "vectorised batch; vectorize_particles=False is supported by 'rloo' and "
+                    "'vimco' only: pass vectorize_particles=True (or leave it out)"
+                )
+        vectorize_particles = bool(vectorize_particles)
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -324,6 +345,62 @@ class DiscreteELBO(ELBO):
                     stacklevel=2,
                 )
             return value
+
+
+def _check_arguments(
+    *,
+    estimator,
+    num_particles,
+    max_plate_nesting,
+    vectorize_particles,
+    cache_dependencies,
+    check_finite,
+    strict_enumeration_warning,
+    ignore_jit_warnings,
+    estimator_options,
+) -> None:
+    """Refuse a bad constructor argument now, naming it and the fix, rather than at the
+    first step with an error from deep inside."""
+    if not isinstance(estimator, str):
+        raise TypeError(
+            f"DiscreteELBO: estimator must be a name such as 'rloo' (see "
+            f"pyro_discrete.infer.ESTIMATORS), got {estimator!r}"
+        )
+    if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
+        raise TypeError(
+            f"DiscreteELBO: num_particles must be a whole number >= 1, got {num_particles!r}"
+        )
+    if num_particles < 1:
+        raise ValueError(
+            f"DiscreteELBO: num_particles must be >= 1 (samples per step), got {num_particles}"
+        )
+    nesting_ok = max_plate_nesting == float("inf") or (
+        isinstance(max_plate_nesting, numbers.Integral)
+        and not isinstance(max_plate_nesting, bool)
+        and max_plate_nesting >= 0
+    )
+    if not nesting_ok:
+        raise ValueError(
+            "DiscreteELBO: max_plate_nesting must be a whole number >= 0 (how many plates "
+            "are nested at most) or left out to have it guessed, got "
+            f"{max_plate_nesting!r}"
+        )
+    flags = {
+        "cache_dependencies": cache_dependencies,
+        "check_finite": check_finite,
+        "strict_enumeration_warning": strict_enumeration_warning,
+        "ignore_jit_warnings": ignore_jit_warnings,
+    }
+    if vectorize_particles is not None:
+        flags["vectorize_particles"] = vectorize_particles
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"DiscreteELBO: {name} must be True or False, got {value!r}")
+    if estimator_options is not None and not isinstance(estimator_options, Mapping):
+        raise TypeError(
+            "DiscreteELBO: estimator_options must be a dict of option name -> value, e.g. "
+            f"{{'temperature': 0.5}}, got {estimator_options!r}"
+        )
 
 
 def _option_key(value):

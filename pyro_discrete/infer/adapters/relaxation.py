@@ -38,6 +38,14 @@ class GumbelSoftmax(SiteEstimator):
     defaults = {"temperature": 1.0, "anneal_rate": 0.0, "min_temperature": 0.5}
     running_state = {"step": 0.0}
 
+    def validate_options(self) -> None:
+        super().validate_options()
+        if self.options["anneal_rate"] < 0:
+            raise ValueError(
+                f"estimator '{self.name}': anneal_rate must be >= 0 (0 keeps the temperature "
+                f"fixed), got {self.options['anneal_rate']!r}"
+            )
+
     def _counter_name(self) -> str:
         return self.state_name("schedule", "step")
 

@@ -54,6 +54,15 @@ def pyro_baseline(ev, site, signal) -> tuple[Terms, object]:
     return terms, baseline
 
 
+def _check_rate(estimator: str, key: str, value) -> None:
+    """A decay rate of a running average lies in [0, 1]."""
+    if not 0 <= float(value) <= 1:
+        raise ValueError(
+            f"estimator '{estimator}': {key} is the decay rate of a running average and must "
+            f"lie in [0, 1], got {value!r}"
+        )
+
+
 class Reinforce(SiteEstimator):
     r"""REINFORCE with Rao-Blackwellised learning signals and no baseline.
 
@@ -97,6 +106,10 @@ class NVIL(SiteEstimator):
     baseline_options = ("nn_baseline", "nn_baseline_input")
     defaults = {"alpha": 0.8, "hidden": (100,), "normalize_variance": True}
     running_state = {"mean": 0.0, "variance": 1.0}
+
+    def validate_options(self) -> None:
+        super().validate_options()
+        _check_rate(self.name, "alpha", self.options["alpha"])
 
     def _net_baseline(self, ev, site, signal):
         options = ev.guide_trace.nodes[site.name]["infer"].get("baseline", {})
@@ -154,6 +167,10 @@ class MuProp(SiteEstimator):
     requires = "relaxable"
     defaults = {"baseline_beta": 0.9}
     running_state = {"average": 0.0}
+
+    def validate_options(self) -> None:
+        super().validate_options()
+        _check_rate(self.name, "baseline_beta", self.options["baseline_beta"])
 
     def site_terms(self, ev, site):
         mf_costs, means = ev.mean_field()
