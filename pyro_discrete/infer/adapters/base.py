@@ -234,8 +234,7 @@ def check_option_types(estimator: str, site: str | None, defaults: dict, options
                 number = float(value)
             else:
                 raise TypeError(
-                    f"{where}: {key} must be a number (like its default {default!r}), "
-                    f"got {value!r}"
+                    f"{where}: {key} must be a number (like its default {default!r}), got {value!r}"
                 )
             if not math.isfinite(number):
                 raise ValueError(f"{where}: {key} must be finite, got {value!r}")
