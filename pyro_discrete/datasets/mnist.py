@@ -66,9 +66,11 @@ def mnist_source_path() -> Path:
         candidate = Path(location) / "data" / "mnist.pkl.gz"
         if candidate.is_file():
             return candidate
-    found = f" (found a package 'mnist' at {locations[0]} without data/mnist.pkl.gz)" if (
-        locations
-    ) else ""
+    found = (
+        f" (found a package 'mnist' at {locations[0]} without data/mnist.pkl.gz)"
+        if (locations)
+        else ""
+    )
     raise DataNotFoundError(f"MNIST data not found{found}.\n{MNIST_INSTALL_HINT}")
 
 
