@@ -31,6 +31,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.util import check_model_guide_match, check_site_shape
 from torch import Tensor
 
@@ -43,7 +44,7 @@ from pyro_discrete.infer.dependencies import (
 )
 from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
 from pyro_discrete.infer.shared_noise import is_compiling
-from pyro_discrete.infer.sites import SiteError
+from pyro_discrete.infer.sites import SiteError, site_logits
 
 PARTICLE_PLATE = "num_particles_vectorized"
 
@@ -149,6 +150,10 @@ class DiscreteELBO(ELBO):
         self.cache_dependencies = cache_dependencies
         self.check_finite = check_finite
         self._site_estimators: dict[tuple, SiteEstimator] = {}
+        #: minus the relaxed objective of the last step, per particle, where an estimator
+        #: gave some site a relaxed value (``"gumbel"``); ``None`` otherwise. The reported
+        #: loss is always minus the ELBO at hard samples.
+        self.last_relaxed_loss: Tensor | None = None
         self._structures: dict[tuple, StructureInfo] = {}
 
     # -- estimator per site -------------------------------------------------------------
@@ -253,6 +258,44 @@ class DiscreteELBO(ELBO):
                         {**site, "log_prob": torch.zeros(()).expand(shape)}, self.max_plate_nesting
                     )
 
+    # -- the reported loss ---------------------------------------------------------------
+
+    def _reported_elbo(self, ev: Evaluation) -> Tensor:
+        """The ELBO estimate at hard samples (summed over particles), detached.
+
+        Where an estimator gave a site a relaxed value (``"gumbel"``), the base pass's costs
+        are the relaxed objective: the model and guide run again, without gradients, with
+        every Bernoulli / one-hot site at the threshold of its own noise (at its logits in
+        this pass) and every later site that draws without that noise sampled afresh, so
+        that the estimate is of the ELBO, as every other estimator reports it. The relaxed
+        value is kept in :attr:`last_relaxed_loss`.
+        """
+        relaxed = [s for s in ev.sites.values() if getattr(s.estimator, "relaxed_forward", False)]
+        if not relaxed:
+            self.last_relaxed_loss = None
+            return ev.elbo()
+        self.last_relaxed_loss = -ev.elbo() / ev.num_particles
+        first = min(s.order for s in relaxed)
+
+        def choose(msg):
+            name = msg["name"]
+            if isinstance(msg["fn"], _Subsample):
+                return ev.subsamples.get(name)
+            site = ev.sites.get(name)
+            if site is not None and site.noise is not None:
+                relaxation = site.relaxation(site_logits(msg["fn"]))
+                return relaxation.threshold(relaxation.reparameterize(site.noise))
+            order = ev.orders.get(name)
+            if order is not None and order < first:  # upstream of every relaxed value
+                return ev.guide_trace.nodes[name]["value"]
+            return None
+
+        with torch.no_grad():
+            model_trace, guide_trace = ev.run(choose)
+            return sum(
+                (c.value.sum() for c in cost_terms(model_trace, guide_trace)), torch.zeros(())
+            ).detach()
+
     # -- assembling one step --------------------------------------------------------------
 
     def _particle_step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
@@ -270,7 +313,7 @@ class DiscreteELBO(ELBO):
                 if site.has_parameters and site.value.numel():
                     terms += site.estimator.site_terms(ev, site)
             # particle-summed costs are averaged
-            elbo, loss = ev.elbo() / ev.num_particles, terms.loss() / ev.num_particles
+            elbo, loss = self._reported_elbo(ev) / ev.num_particles, terms.loss() / ev.num_particles
         if not torch.is_tensor(loss):
             loss = elbo.new_tensor(float(loss))
         # a host read cannot be traced: CompiledSVI returns the loss for the caller to check
@@ -325,16 +368,17 @@ class DiscreteELBO(ELBO):
         return -float(elbo)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """Minus the ELBO estimate of the base pass (for VIMCO, the K-sample bound; for
-        ``"gumbel"``, the relaxed objective), without gradients: the value
-        :meth:`loss_and_grads` returns, from the same draws at the same seed."""
+        """Minus the ELBO estimate at the step's hard samples (for VIMCO, the K-sample
+        bound), without gradients: the value :meth:`loss_and_grads` returns, from the same
+        draws at the same seed."""
         with torch.no_grad():
             if self.estimator.model_level:
                 elbo, _, _ = self._particle_step(model, guide, args, kwargs)
                 return -float(elbo)
             runs = 1 if self.vectorize_particles else self.num_particles
             total = sum(
-                float(self._evaluate(model, guide, args, kwargs).elbo()) for _ in range(runs)
+                float(self._reported_elbo(self._evaluate(model, guide, args, kwargs)))
+                for _ in range(runs)
             )
             value = -total / self.num_particles
             if self.check_finite and not _finite(value):
