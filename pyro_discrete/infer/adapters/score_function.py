@@ -196,12 +196,26 @@ class MuProp(SiteEstimator):
 
 
 class RLOO(SiteEstimator):
-    r"""REINFORCE with the leave-one-out baseline over ``num_particles`` >= 2 samples."""
+    r"""REINFORCE with the leave-one-out baseline over ``num_particles`` >= 2 samples,
+    vectorised (the default) or drawn one after another (``vectorize_particles=False``)."""
 
     name = "rloo"
     multi_sample = True
+    loops_particles = True
 
     def site_terms(self, ev, site):
         signal = ev.signal(site)
         learning = E.leave_one_out_signal(signal, ev.particle_dim(site))
         return Terms(surrogate=E.score_surrogate(ev.score(site), learning))
+
+    def particle_terms(self, evs, sites) -> Terms:
+        """The terms of one site over particles evaluated one at a time: the same
+        leave-one-out signal, across the list instead of along a particle dim."""
+        each = [ev.signal(s) for ev, s in zip(evs, sites, strict=True)]
+        signals = torch.stack(torch.broadcast_tensors(*each))
+        learning = E.leave_one_out_signal(signals, 0)
+        surrogate = sum(
+            E.score_surrogate(ev.score(s), signal)
+            for ev, s, signal in zip(evs, sites, learning, strict=True)
+        )
+        return Terms(surrogate=surrogate)
