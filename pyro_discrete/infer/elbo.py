@@ -320,9 +320,10 @@ class DiscreteELBO(ELBO):
 
         with torch.no_grad():
             model_trace, guide_trace = ev.run(choose)
-            return sum(
-                (c.value.sum() for c in cost_terms(model_trace, guide_trace)), torch.zeros(())
-            ).detach()
+            costs = cost_terms(model_trace, guide_trace)
+        # kept to name a non-finite term of the hard pass, should the step be refused
+        ev.hard_costs = costs
+        return sum((c.value.sum() for c in costs), torch.zeros(())).detach()
 
     # -- assembling one step --------------------------------------------------------------
 
@@ -571,7 +572,11 @@ def _check_finite(ev: Evaluation, elbo: Tensor, loss: Tensor) -> None:
     # one host sync per step on the hot path
     if bool(torch.isfinite(elbo).all() & torch.isfinite(loss.detach()).all()):
         return
-    culprits = ev.non_finite_costs()
+    culprits = ev.non_finite_costs() + [
+        f"{role} site '{name}' (at the hard sample of a relaxed site)"
+        for (role, name), value in ((c.key, c.value) for c in getattr(ev, "hard_costs", ()))
+        if not bool(torch.isfinite(value).all())
+    ]
     where = (
         "non-finite log-density at " + ", ".join(culprits)
         if culprits
