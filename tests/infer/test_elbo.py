@@ -449,10 +449,15 @@ def _guide_variance(problem, name, options=None, draws=400, state=None):
 
 
 def test_variance_ordering_on_a_belief_net():
-    """NVIL and MuProp beat REINFORCE; REBAR and RELAX beat REINFORCE and NVIL."""
+    """NVIL and MuProp beat REINFORCE; REBAR and RELAX beat REINFORCE and NVIL.
+
+    150 draws per estimator: the measured variance ratios to REINFORCE are about 4.4
+    (NVIL), 8.3 (MuProp) and 10.5 (REBAR, RELAX); the tightest comparison, REBAR against
+    NVIL (2.4x), is then about 5 standard errors of the log-variance difference (400 draws
+    added nothing but time)."""
     problem = PROBLEMS["sbn_two_layer"]()
     v = {
-        name: _guide_variance(problem, name, opts)
+        name: _guide_variance(problem, name, opts, draws=150)
         for name, opts in [
             ("reinforce", {}),
             ("nvil", {"normalize_variance": False}),
