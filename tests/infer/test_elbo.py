@@ -455,7 +455,7 @@ def test_variance_ordering_on_a_belief_net():
     REINFORCE are 3.1 (NVIL), 6.8 (MuProp), 5.5 (REBAR) and 5.4 (RELAX), at seed 0 4.4,
     8.3, 10.5 and 10.5. The tightest comparison, REBAR against NVIL (1.8x), is a
     difference of 0.59 in log-variance, against a standard error of about 0.16 for one
-    gradient component with 150 draws (less for the mean over the 16 components)."""
+    gradient component with 150 draws (less for the mean over the 14 components)."""
     problem = PROBLEMS["sbn_two_layer"]()
     v = {
         name: _guide_variance(problem, name, opts, draws=150)
