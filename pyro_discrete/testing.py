@@ -132,9 +132,7 @@ def exact_gradients(
 ) -> dict[str, Tensor]:
     """Gradients of an exact objective with respect to the param store's parameters."""
     if params is None:
-        params = {
-            name: pyro.param(name).unconstrained() for name in pyro.get_param_store().keys()
-        }
+        params = {name: pyro.param(name).unconstrained() for name in pyro.get_param_store().keys()}
     grads = torch.autograd.grad(
         objective, list(params.values()), allow_unused=True, retain_graph=True
     )

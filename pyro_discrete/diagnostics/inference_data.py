@@ -100,8 +100,9 @@ def to_inference_data(
         # left-pad to (samples, *plates) so that every site has the sample and data dims
         batch_ndim = max_plate_nesting + 1
         full = len(site["fn"].batch_shape) + len(site["fn"].event_shape)
-        value = value.reshape((1,) * (batch_ndim + len(site["fn"].event_shape) - full)
-                              + value.shape)
+        value = value.reshape(
+            (1,) * (batch_ndim + len(site["fn"].event_shape) - full) + value.shape
+        )
         value = value.expand(num_samples, num_data, *value.shape[2:])
         posterior[name] = _numpy(value)[None]
         dims[name] = ["data"] + [f"{name}_dim_{i}" for i in range(value.dim() - 2)]
@@ -155,8 +156,12 @@ def psis_khat(
         if model is None or guide is None:
             raise ValueError("pass model, guide and their arguments, or idata")
         idata = to_inference_data(
-            model, guide, *args, num_samples=num_samples,
-            max_plate_nesting=max_plate_nesting, **kwargs,
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            max_plate_nesting=max_plate_nesting,
+            **kwargs,
         )
     log_w = idata.sample_stats["log_weights"].stack(__sample__=("chain", "draw"))
     with warnings.catch_warnings():

@@ -114,10 +114,15 @@ def gradient_samples(
     """
     if num_samples < 2:
         raise ValueError("num_samples must be at least 2 to estimate a variance")
-    names = list(params) if params is not None else [
-        n for n in guide_param_names(guide, *args, **kwargs)
-        if not n.startswith(CONTROL_VARIATE_PREFIX)
-    ]
+    names = (
+        list(params)
+        if params is not None
+        else [
+            n
+            for n in guide_param_names(guide, *args, **kwargs)
+            if not n.startswith(CONTROL_VARIATE_PREFIX)
+        ]
+    )
     if not names:
         raise ValueError("no parameters to measure: the guide registers no parameters")
     entry = ParamStoreSnapshot()

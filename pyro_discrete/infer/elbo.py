@@ -22,14 +22,17 @@ loss is not finite before anything is updated. It knows no estimator by name.
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.util import check_model_guide_match, check_site_shape
 from torch import Tensor
 
@@ -42,7 +45,7 @@ from pyro_discrete.infer.dependencies import (
 )
 from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
 from pyro_discrete.infer.shared_noise import is_compiling
-from pyro_discrete.infer.sites import SiteError
+from pyro_discrete.infer.sites import SiteError, site_logits
 
 PARTICLE_PLATE = "num_particles_vectorized"
 
@@ -72,10 +75,16 @@ class DiscreteELBO(ELBO):
         site's ``infer={"estimator": name, "estimator_options": {...}}`` overrides it for
         that site.
     :param int num_particles: samples per step; multi-sample estimators (``"rloo"``,
-        ``"vimco"``) need at least 2 and always evaluate them as one vectorised batch.
+        ``"vimco"``, ``"double_cv"``, ``"rodeo"``, ``"unordered_set"``) need at least 2.
     :param int max_plate_nesting: as in Pyro; guessed when needed and not given (the guess
         draws no random numbers).
-    :param bool vectorize_particles: evaluate particles as one batch (as in Pyro).
+    :param bool vectorize_particles: evaluate particles as one batch in a plate at dim
+        ``-(max_plate_nesting + 1)`` (as in Pyro), or one after another. Left out: ``True``
+        for multi-sample estimators, ``False`` otherwise (Pyro's default). ``"rloo"`` and
+        ``"vimco"`` also take ``False``: the particles are then drawn in a loop and the
+        estimator is applied across them, so a model may index tables with a sampled value
+        (``probs_x[x]``, as in Pyro's HMM example), which a vectorised particle dimension
+        breaks unless written ``Vindex(probs_x)[..., x]``.
     :param bool cache_dependencies: find which costs depend on which site once per trace
         structure (site names, shapes, plates) instead of every step. Data flow is read by
         provenance tracking, which sees tensor operations only: Python control flow on a
@@ -96,7 +105,7 @@ class DiscreteELBO(ELBO):
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         max_iarange_nesting=None,
-        vectorize_particles: bool = False,
+        vectorize_particles: bool | None = None,
         strict_enumeration_warning: bool = True,
         ignore_jit_warnings: bool = False,
         jit_options=None,
@@ -107,13 +116,33 @@ class DiscreteELBO(ELBO):
         check_finite: bool = True,
         **options,
     ):
+        _check_arguments(
+            estimator=estimator,
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            cache_dependencies=cache_dependencies,
+            check_finite=check_finite,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+            estimator_options=estimator_options,
+        )
         self.estimator = make_estimator(estimator, **{**(estimator_options or {}), **options})
         if self.estimator.multi_sample:
             if num_particles < 2:
                 raise ValueError(
-                    f"estimator '{estimator}' needs num_particles >= 2, got {num_particles}"
+                    f"DiscreteELBO: estimator '{estimator}' needs num_particles >= 2 (it "
+                    f"compares each particle with the others), got {num_particles}"
                 )
-            vectorize_particles = True
+            if vectorize_particles is None:
+                vectorize_particles = True
+            elif not vectorize_particles and not self.estimator.loops_particles:
+                raise ValueError(
+                    f"DiscreteELBO: estimator '{estimator}' evaluates its particles as one "
+                    "vectorised batch; vectorize_particles=False is supported by 'rloo' and "
+                    "'vimco' only: pass vectorize_particles=True (or leave it out)"
+                )
+        vectorize_particles = bool(vectorize_particles)
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -128,6 +157,10 @@ class DiscreteELBO(ELBO):
         self.cache_dependencies = cache_dependencies
         self.check_finite = check_finite
         self._site_estimators: dict[tuple, SiteEstimator] = {}
+        #: minus the relaxed objective of the last step, per particle, where an estimator
+        #: gave some site a relaxed value (``"gumbel"``); ``None`` otherwise. The reported
+        #: loss is always minus the ELBO at hard samples.
+        self.last_relaxed_loss: Tensor | None = None
         self._structures: dict[tuple, StructureInfo] = {}
 
     # -- estimator per site -------------------------------------------------------------
@@ -172,9 +205,29 @@ class DiscreteELBO(ELBO):
         # one ELBO object may serve several models whose sites share names and shapes
         identity = (id(model), id(guide))
         model, guide = self._wrap(model, guide, args, kwargs)
-        model_trace, guide_trace, recorded = base_pass(
-            model, guide, args, kwargs, self._estimator_for
-        )
+        last = _LastSample()
+        try:
+            with last:
+                model_trace, guide_trace, recorded = base_pass(
+                    model, guide, args, kwargs, self._estimator_for
+                )
+        except (IndexError, TypeError, ValueError, RuntimeError) as error:
+            if not (self.vectorize_particles and self.num_particles > 1) or not _is_index_error(
+                error
+            ):
+                raise
+            raise SiteError(
+                f"{type(error).__name__}: {error} -- raised by the model or guide after sample "
+                f"site '{last.name}', with the particles vectorised: every sampled value has "
+                f"an extra batch dim of size num_particles={self.num_particles} at dim "
+                f"{-int(self.max_plate_nesting) - 1}, so a value used as an index "
+                "(`probs_x[x]` followed by more indexing, a Python list indexed by it, "
+                "int(x), x.item()) no longer picks one entry. Write the lookup to broadcast: "
+                "`Vindex(probs_x)[..., x, :]` (from pyro.ops.indexing import Vindex) or a "
+                "one-hot product `one_hot(x) @ probs_x`, or draw the particles one after "
+                "another with DiscreteELBO(..., vectorize_particles=False) (supported by "
+                "'rloo', 'vimco' and every single-sample estimator)"
+            ) from error
         key = (identity, structure_key(model_trace, guide_trace))
         structure = self._structures.get(key) if self.cache_dependencies else None
         if structure is None:
@@ -188,8 +241,9 @@ class DiscreteELBO(ELBO):
         if self.vectorize_particles and self.num_particles > 1:
             particle_frame = (PARTICLE_PLATE, -int(self.max_plate_nesting))
         sites = recorded.sites
+        looped = not self.vectorize_particles and self.num_particles > 1
         for site in sites.values():
-            if site.estimator.multi_sample and particle_frame is None:
+            if site.estimator.multi_sample and particle_frame is None and not looped:
                 raise SiteError(
                     f"site '{site.name}' uses estimator '{site.estimator.name}', which "
                     "needs several particles: set DiscreteELBO(num_particles=K >= 2, "
@@ -232,12 +286,53 @@ class DiscreteELBO(ELBO):
                         {**site, "log_prob": torch.zeros(()).expand(shape)}, self.max_plate_nesting
                     )
 
+    # -- the reported loss ---------------------------------------------------------------
+
+    def _reported_elbo(self, ev: Evaluation) -> Tensor:
+        """The ELBO estimate at hard samples (summed over particles), detached.
+
+        Where an estimator gave a site a relaxed value (``"gumbel"``), the base pass's costs
+        are the relaxed objective: the model and guide run again, without gradients, with
+        every Bernoulli / one-hot site at the threshold of its own noise (at its logits in
+        this pass) and every later site that draws without that noise sampled afresh, so
+        that the estimate is of the ELBO, as every other estimator reports it. The relaxed
+        value is kept in :attr:`last_relaxed_loss`.
+        """
+        relaxed = [s for s in ev.sites.values() if getattr(s.estimator, "relaxed_forward", False)]
+        if not relaxed:
+            self.last_relaxed_loss = None
+            return ev.elbo()
+        self.last_relaxed_loss = -ev.elbo() / ev.num_particles
+        first = min(s.order for s in relaxed)
+
+        def choose(msg):
+            name = msg["name"]
+            if isinstance(msg["fn"], _Subsample):
+                return ev.subsamples.get(name)
+            site = ev.sites.get(name)
+            if site is not None and site.noise is not None:
+                relaxation = site.relaxation(site_logits(msg["fn"]))
+                return relaxation.threshold(relaxation.reparameterize(site.noise))
+            order = ev.orders.get(name)
+            if order is not None and order < first:  # upstream of every relaxed value
+                return ev.guide_trace.nodes[name]["value"]
+            return None
+
+        with torch.no_grad():
+            model_trace, guide_trace = ev.run(choose)
+            costs = cost_terms(model_trace, guide_trace)
+        # kept to name a non-finite term of the hard pass, should the step be refused
+        ev.hard_costs = costs
+        return sum((c.value.sum() for c in costs), torch.zeros(())).detach()
+
     # -- assembling one step --------------------------------------------------------------
 
     def _particle_step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
         """One (possibly vectorised) evaluation: ``(elbo, loss, running-statistic updates)``;
         the ELBO and loss are checked to be finite."""
-        ev = self._evaluate(model, guide, args, kwargs)
+        return self._terms_of(self._evaluate(model, guide, args, kwargs))
+
+    def _terms_of(self, ev: Evaluation) -> tuple[Tensor, Tensor, list]:
         model_level = [s.estimator for s in ev.sites.values() if s.estimator.model_level]
         if model_level:
             elbo, terms = model_level[0].model_terms(ev)
@@ -249,20 +344,72 @@ class DiscreteELBO(ELBO):
                 if site.has_parameters and site.value.numel():
                     terms += site.estimator.site_terms(ev, site)
             # particle-summed costs are averaged
-            elbo, loss = ev.elbo() / ev.num_particles, terms.loss() / ev.num_particles
+            elbo, loss = self._reported_elbo(ev) / ev.num_particles, terms.loss() / ev.num_particles
+        return (*self._checked(ev, elbo, loss), terms.updates)
+
+    def _checked(self, ev: Evaluation, elbo: Tensor, loss) -> tuple[Tensor, Tensor]:
         if not torch.is_tensor(loss):
             loss = elbo.new_tensor(float(loss))
         # a host read cannot be traced: CompiledSVI returns the loss for the caller to check
         if self.check_finite and not is_compiling():
             _check_finite(ev, elbo, loss)
-        return elbo, loss, terms.updates
+        return elbo, loss
+
+    def _looped_terms(self, evs: list[Evaluation]) -> tuple[Tensor, Tensor, list]:
+        """``num_particles`` evaluations drawn one after another (``vectorize_particles=False``)
+        with a multi-sample estimator applied across them (``"rloo"``, ``"vimco"``)."""
+        first = evs[0]
+        for i, ev in enumerate(evs[1:], 1):
+            if list(ev.sites) != list(first.sites):
+                raise SiteError(
+                    f"particle {i} drew the discrete guide sites {list(ev.sites)}, particle 0 "
+                    f"drew {list(first.sites)}: estimators that compare particles need the same "
+                    "sites in each; with vectorize_particles=False the guide must sample the "
+                    "same sites every time"
+                )
+        model_level = [s.estimator for s in first.sites.values() if s.estimator.model_level]
+        if model_level:
+            elbo, terms = model_level[0].model_particle_terms(evs)
+            loss = terms.loss()
+        else:
+            terms = Terms(surrogate=sum(ev.pathwise_surrogate() for ev in evs))
+            for name, site in first.sites.items():
+                if not (site.has_parameters and site.value.numel()):
+                    continue
+                sites = [ev.sites[name] for ev in evs]
+                if site.estimator.multi_sample:
+                    if not site.estimator.loops_particles:
+                        raise SiteError(
+                            f"site '{name}' uses estimator '{site.estimator.name}', which "
+                            "evaluates its particles as one vectorised batch: set "
+                            "DiscreteELBO(vectorize_particles=True), or give the site "
+                            "infer={'estimator': 'rloo'}"
+                        )
+                    terms += site.estimator.particle_terms(evs, sites)
+                else:
+                    for ev, each in zip(evs, sites, strict=True):
+                        terms += site.estimator.site_terms(ev, each)
+            elbo = sum(self._reported_elbo(ev) for ev in evs) / len(evs)
+            loss = terms.loss() / len(evs)
+        culprit = (
+            next((ev for ev in evs if ev.non_finite_costs()), first) if self.check_finite else first
+        )
+        return (*self._checked(culprit, elbo, loss), terms.updates)
 
     def _step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
         if self.vectorize_particles:
             return self._particle_step(model, guide, args, kwargs)
+        ev = self._evaluate(model, guide, args, kwargs)
+        if self.num_particles > 1 and any(s.estimator.multi_sample for s in ev.sites.values()):
+            rest = [
+                self._evaluate(model, guide, args, kwargs) for _ in range(self.num_particles - 1)
+            ]
+            return self._looped_terms([ev, *rest])
         elbo, loss, updates = 0.0, 0.0, []
-        for _ in range(self.num_particles):
-            e, l_, u = self._particle_step(model, guide, args, kwargs)
+        for i in range(self.num_particles):
+            if i:
+                ev = self._evaluate(model, guide, args, kwargs)
+            e, l_, u = self._terms_of(ev)
             elbo, loss = elbo + e / self.num_particles, loss + l_ / self.num_particles
             updates += u
         return elbo, loss, updates
@@ -304,16 +451,17 @@ class DiscreteELBO(ELBO):
         return -float(elbo)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """Minus the ELBO estimate of the base pass (for VIMCO, the K-sample bound; for
-        ``"gumbel"``, the relaxed objective), without gradients: the value
-        :meth:`loss_and_grads` returns, from the same draws at the same seed."""
+        """Minus the ELBO estimate at the step's hard samples (for VIMCO, the K-sample
+        bound), without gradients: the value :meth:`loss_and_grads` returns, from the same
+        draws at the same seed."""
         with torch.no_grad():
             if self.estimator.model_level:
-                elbo, _, _ = self._particle_step(model, guide, args, kwargs)
+                elbo, _, _ = self._step(model, guide, args, kwargs)
                 return -float(elbo)
             runs = 1 if self.vectorize_particles else self.num_particles
             total = sum(
-                float(self._evaluate(model, guide, args, kwargs).elbo()) for _ in range(runs)
+                float(self._reported_elbo(self._evaluate(model, guide, args, kwargs)))
+                for _ in range(runs)
             )
             value = -total / self.num_particles
             if self.check_finite and not _finite(value):
@@ -324,6 +472,88 @@ class DiscreteELBO(ELBO):
                     stacklevel=2,
                 )
             return value
+
+
+def _check_arguments(
+    *,
+    estimator,
+    num_particles,
+    max_plate_nesting,
+    vectorize_particles,
+    cache_dependencies,
+    check_finite,
+    strict_enumeration_warning,
+    ignore_jit_warnings,
+    estimator_options,
+) -> None:
+    """Refuse a bad constructor argument now, naming it and the fix, rather than at the
+    first step with an error from deep inside."""
+    if not isinstance(estimator, str):
+        raise TypeError(
+            f"DiscreteELBO: estimator must be a name such as 'rloo' (see "
+            f"pyro_discrete.infer.ESTIMATORS), got {estimator!r}"
+        )
+    if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
+        raise TypeError(
+            f"DiscreteELBO: num_particles must be a whole number >= 1, got {num_particles!r}"
+        )
+    if num_particles < 1:
+        raise ValueError(
+            f"DiscreteELBO: num_particles must be >= 1 (samples per step), got {num_particles}"
+        )
+    nesting_ok = max_plate_nesting == float("inf") or (
+        isinstance(max_plate_nesting, numbers.Integral)
+        and not isinstance(max_plate_nesting, bool)
+        and max_plate_nesting >= 0
+    )
+    if not nesting_ok:
+        raise ValueError(
+            "DiscreteELBO: max_plate_nesting must be a whole number >= 0 (how many plates "
+            "are nested at most) or left out to have it guessed, got "
+            f"{max_plate_nesting!r}"
+        )
+    flags = {
+        "cache_dependencies": cache_dependencies,
+        "check_finite": check_finite,
+        "strict_enumeration_warning": strict_enumeration_warning,
+        "ignore_jit_warnings": ignore_jit_warnings,
+    }
+    if vectorize_particles is not None:
+        flags["vectorize_particles"] = vectorize_particles
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"DiscreteELBO: {name} must be True or False, got {value!r}")
+    if estimator_options is not None and not isinstance(estimator_options, Mapping):
+        raise TypeError(
+            "DiscreteELBO: estimator_options must be a dict of option name -> value, e.g. "
+            f"{{'temperature': 0.5}}, got {estimator_options!r}"
+        )
+
+
+class _LastSample(Messenger):
+    """Records the name of the last sample site run, to say where an error arose."""
+
+    def __init__(self):
+        super().__init__()
+        self.name: str | None = None
+
+    def _pyro_post_sample(self, msg):
+        self.name = msg["name"]
+
+
+#: messages of the errors that indexing with a batched value raises
+_INDEX_MESSAGES = (
+    "index",  # IndexError: too many indices / out of bounds; TypeError: ... to an index
+    "only one element tensors can be converted",  # int(x), float(x)
+    "cannot be converted to scalar",  # x.item()
+)
+
+
+def _is_index_error(error: Exception) -> bool:
+    if isinstance(error, SiteError):
+        return False
+    text = str(error).lower()
+    return isinstance(error, IndexError) or any(m in text for m in _INDEX_MESSAGES)
 
 
 def _option_key(value):
@@ -342,7 +572,11 @@ def _check_finite(ev: Evaluation, elbo: Tensor, loss: Tensor) -> None:
     # one host sync per step on the hot path
     if bool(torch.isfinite(elbo).all() & torch.isfinite(loss.detach()).all()):
         return
-    culprits = ev.non_finite_costs()
+    culprits = ev.non_finite_costs() + [
+        f"{role} site '{name}' (at the hard sample of a relaxed site)"
+        for (role, name), value in ((c.key, c.value) for c in getattr(ev, "hard_costs", ()))
+        if not bool(torch.isfinite(value).all())
+    ]
     where = (
         "non-finite log-density at " + ", ".join(culprits)
         if culprits

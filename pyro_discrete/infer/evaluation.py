@@ -141,10 +141,14 @@ class _BasePass(_GuidePolicy):
         if isinstance(fn, _Subsample) or getattr(fn, "has_rsample", False):
             return None
         if msg["infer"].get("enumerate"):
-            raise SiteError(
-                f"guide site '{name}' is marked infer={{'enumerate': ...}}; DiscreteELBO "
-                "samples discrete sites: remove the flag, or use TraceEnum_ELBO to "
-                "enumerate it"
+            # as Pyro's Trace_ELBO and TraceGraph_ELBO: say so, and sample the site
+            warnings.warn(
+                f"guide site '{name}' is marked infer={{'enumerate': "
+                f"{msg['infer']['enumerate']!r}}} (config_enumerate); DiscreteELBO samples "
+                "discrete guide sites and ignores the flag: remove it to silence this "
+                "warning, or use TraceEnum_ELBO to enumerate the site",
+                UserWarning,
+                stacklevel=2,
             )
         estimator = self.estimator_for(msg)
         leaf = describe(fn)

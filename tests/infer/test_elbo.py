@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -90,12 +92,36 @@ def test_antithetic_on_categorical_is_refused(name):
         DiscreteELBO(estimator=name).loss_and_grads(model, guide)
 
 
-def test_enumerated_guide_site_is_refused():
-    model, guide = _one_site(
-        lambda logits: dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
-    )
-    with pytest.raises(SiteError, match="enumerate.*TraceEnum_ELBO"):
-        DiscreteELBO().loss_and_grads(model, guide)
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_enumerated_guide_site_is_sampled_with_a_warning(mode):
+    """As Pyro's TraceGraph_ELBO (its ``test_enum_discrete_misuse_warning``): a guide marked
+    ``config_enumerate`` warns, naming the site and TraceEnum_ELBO, and is sampled: the
+    step's gradient and loss equal those of the unmarked guide at the same seed."""
+    results = []
+    for infer in ({"enumerate": mode}, {}):
+
+        def model():
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+            pyro.sample("x", dist.Normal(z.float(), 1.0), obs=torch.tensor(2.0))
+
+        def guide(infer=infer):
+            logits = pyro.param("logits", torch.tensor([0.5, 0.0, -0.5]))
+            pyro.sample("z", dist.Categorical(logits=logits), infer=infer)
+
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = DiscreteELBO().loss_and_grads(model, guide)
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        results.append((loss, pyro.param("logits").unconstrained().grad.clone(), messages))
+    (loss, grad, messages), (plain_loss, plain_grad, plain_messages) = results
+    assert any(
+        "guide site 'z' is marked infer={'enumerate'" in m and "TraceEnum_ELBO" in m
+        for m in messages
+    ), messages
+    assert not any("enumerate" in m for m in plain_messages)
+    assert loss == plain_loss and torch.equal(grad, plain_grad) and grad.abs().sum() > 0
 
 
 def test_vimco_cannot_be_mixed_with_other_estimators():
@@ -423,10 +449,16 @@ def _guide_variance(problem, name, options=None, draws=400, state=None):
 
 
 def test_variance_ordering_on_a_belief_net():
-    """NVIL and MuProp beat REINFORCE; REBAR and RELAX beat REINFORCE and NVIL."""
+    """NVIL and MuProp beat REINFORCE; REBAR and RELAX beat REINFORCE and NVIL.
+
+    150 draws per estimator (400 before issue 22): at this seed the variance ratios to
+    REINFORCE are 3.1 (NVIL), 6.8 (MuProp), 5.5 (REBAR) and 5.4 (RELAX), at seed 0 4.4,
+    8.3, 10.5 and 10.5. The tightest comparison, REBAR against NVIL (1.8x), is a
+    difference of 0.59 in log-variance, against a standard error of about 0.16 for one
+    gradient component with 150 draws (less for the mean over the 14 components)."""
     problem = PROBLEMS["sbn_two_layer"]()
     v = {
-        name: _guide_variance(problem, name, opts)
+        name: _guide_variance(problem, name, opts, draws=150)
         for name, opts in [
             ("reinforce", {}),
             ("nvil", {"normalize_variance": False}),

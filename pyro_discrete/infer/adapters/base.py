@@ -14,6 +14,8 @@ by name; a new estimator is one module in :mod:`pyro_discrete.estimators` and on
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -97,6 +99,10 @@ class SiteEstimator:
     #: the objective is a bound of the whole model: :meth:`model_terms` replaces the
     #: per-site sum, and every discrete site must use this estimator
     model_level: ClassVar[bool] = False
+    #: a multi-sample estimator that can also draw its particles one at a time
+    #: (``vectorize_particles=False``): it implements :meth:`particle_terms` (per site) or
+    #: :meth:`model_particle_terms` (model level)
+    loops_particles: ClassVar[bool] = False
     #: the base pass must draw the site through uniform noise that later passes re-use
     needs_noise: ClassVar[bool] = False
     #: which of Pyro's ``infer={"baseline": {...}}`` options the estimator honours
@@ -124,6 +130,7 @@ class SiteEstimator:
                 f"estimator '{self.name}'{where} got unknown option(s) {sorted(unknown)}; "
                 f"its options are: {valid}" + (f" ({'; '.join(hints)})" if hints else "")
             )
+        check_option_types(self.name, site, self.defaults, options)
         self.options = {**self.defaults, **options}
         self.validate_options()
         self.networks: dict = {}  # control-variate networks by name
@@ -208,6 +215,45 @@ class SiteEstimator:
         return cv.running_statistic(
             self.state_name(site.name, what), like, init=self.running_state[what]
         )
+
+
+def check_option_types(estimator: str, site: str | None, defaults: dict, options: dict) -> None:
+    """Refuse an option whose type differs from its default's: a number (finite, not a
+    bool) where the default is a number, an int where it is an int, a bool where it is a
+    bool, a sequence of positive ints where it is a tuple (layer widths)."""
+    where = f"estimator '{estimator}'" + (f" on site '{site}'" if site else "")
+    for key, value in options.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError(f"{where}: {key} must be True or False, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point():
+                number = float(value.detach())
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                number = float(value)
+            else:
+                raise TypeError(
+                    f"{where}: {key} must be a number (like its default {default!r}), got {value!r}"
+                )
+            if not math.isfinite(number):
+                raise ValueError(f"{where}: {key} must be finite, got {value!r}")
+            if isinstance(default, int) and not float(number).is_integer():
+                raise TypeError(f"{where}: {key} must be a whole number, got {value!r}")
+        elif isinstance(default, tuple):
+            if not (
+                isinstance(value, (tuple, list))
+                and all(isinstance(h, int) and not isinstance(h, bool) for h in value)
+            ):
+                raise TypeError(
+                    f"{where}: {key} must be a tuple of positive ints (layer widths, "
+                    f"like its default {default!r}), got {value!r}"
+                )
+            if not all(h > 0 for h in value):
+                raise ValueError(
+                    f"{where}: {key} must be a tuple of positive ints (layer widths, "
+                    f"like its default {default!r}), got {value!r}"
+                )
 
 
 def make_estimator(name: str, site: str | None = None, **options) -> SiteEstimator:

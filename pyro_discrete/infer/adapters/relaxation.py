@@ -24,8 +24,12 @@ class GumbelSoftmax(SiteEstimator):
 
     The site takes the relaxed value :math:`\sigma_\lambda(z)` (softmax for one-hot) and the
     model and guide are scored at it with the continuous extensions of their log-masses;
-    gradients flow by reparameterisation. The loss it reports is this relaxed objective, not
-    the ELBO. Temperature schedule: :math:`\lambda_t = \max(\lambda_{\min},
+    gradients flow by reparameterisation. The loss it reports is minus the ELBO at the hard
+    samples :math:`b = H(z)` of the same noise (one extra evaluation of the model and guide,
+    without gradients); minus the relaxed objective that it differentiates is
+    ``DiscreteELBO.last_relaxed_loss``.
+
+    Temperature schedule: :math:`\lambda_t = \max(\lambda_{\min},
     \lambda_0 e^{-r t})` with ``temperature`` :math:`\lambda_0` (1.0), ``anneal_rate``
     :math:`r` (0) and ``min_temperature`` (0.5); :math:`t` counts steps and is a running
     statistic (checkpointed, advanced in place).
@@ -37,6 +41,23 @@ class GumbelSoftmax(SiteEstimator):
     needs_noise = True
     defaults = {"temperature": 1.0, "anneal_rate": 0.0, "min_temperature": 0.5}
     running_state = {"step": 0.0}
+    #: the base pass gives the site a relaxed (not hard) value, so the reported loss needs a
+    #: pass at the hard samples; subclasses (straight-through and kin) give the hard value
+    #: forward unless they set this themselves
+    relaxed_forward = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "relaxed_forward" not in cls.__dict__:
+            cls.relaxed_forward = False
+
+    def validate_options(self) -> None:
+        super().validate_options()
+        if self.options["anneal_rate"] < 0:
+            raise ValueError(
+                f"estimator '{self.name}': anneal_rate must be >= 0 (0 keeps the temperature "
+                f"fixed), got {self.options['anneal_rate']!r}"
+            )
 
     def _counter_name(self) -> str:
         return self.state_name("schedule", "step")

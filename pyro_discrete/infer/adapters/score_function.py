@@ -54,6 +54,15 @@ def pyro_baseline(ev, site, signal) -> tuple[Terms, object]:
     return terms, baseline
 
 
+def _check_rate(estimator: str, key: str, value) -> None:
+    """A decay rate of a running average lies in [0, 1]."""
+    if not 0 <= float(value) <= 1:
+        raise ValueError(
+            f"estimator '{estimator}': {key} is the decay rate of a running average and must "
+            f"lie in [0, 1], got {value!r}"
+        )
+
+
 class Reinforce(SiteEstimator):
     r"""REINFORCE with Rao-Blackwellised learning signals and no baseline.
 
@@ -97,6 +106,10 @@ class NVIL(SiteEstimator):
     baseline_options = ("nn_baseline", "nn_baseline_input")
     defaults = {"alpha": 0.8, "hidden": (100,), "normalize_variance": True}
     running_state = {"mean": 0.0, "variance": 1.0}
+
+    def validate_options(self) -> None:
+        super().validate_options()
+        _check_rate(self.name, "alpha", self.options["alpha"])
 
     def _net_baseline(self, ev, site, signal):
         options = ev.guide_trace.nodes[site.name]["infer"].get("baseline", {})
@@ -155,6 +168,10 @@ class MuProp(SiteEstimator):
     defaults = {"baseline_beta": 0.9}
     running_state = {"average": 0.0}
 
+    def validate_options(self) -> None:
+        super().validate_options()
+        _check_rate(self.name, "baseline_beta", self.options["baseline_beta"])
+
     def site_terms(self, ev, site):
         mf_costs, means = ev.mean_field()
         mf_signal = ev.signal(site, mf_costs)
@@ -179,12 +196,26 @@ class MuProp(SiteEstimator):
 
 
 class RLOO(SiteEstimator):
-    r"""REINFORCE with the leave-one-out baseline over ``num_particles`` >= 2 samples."""
+    r"""REINFORCE with the leave-one-out baseline over ``num_particles`` >= 2 samples,
+    vectorised (the default) or drawn one after another (``vectorize_particles=False``)."""
 
     name = "rloo"
     multi_sample = True
+    loops_particles = True
 
     def site_terms(self, ev, site):
         signal = ev.signal(site)
         learning = E.leave_one_out_signal(signal, ev.particle_dim(site))
         return Terms(surrogate=E.score_surrogate(ev.score(site), learning))
+
+    def particle_terms(self, evs, sites) -> Terms:
+        """The terms of one site over particles evaluated one at a time: the same
+        leave-one-out signal, across the list instead of along a particle dim."""
+        each = [ev.signal(s) for ev, s in zip(evs, sites, strict=True)]
+        signals = torch.stack(torch.broadcast_tensors(*each))
+        learning = E.leave_one_out_signal(signals, 0)
+        surrogate = sum(
+            E.score_surrogate(ev.score(s), signal)
+            for ev, s, signal in zip(evs, sites, learning, strict=True)
+        )
+        return Terms(surrogate=surrogate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from pyro_discrete import estimators as E
 from pyro_discrete.infer.adapters.base import SiteEstimator, Terms
 from pyro_discrete.infer.evaluation import reduce_to_frames
@@ -14,14 +16,19 @@ class VIMCO(SiteEstimator):
     guide site of the model must use it; the reported loss is minus that bound.
 
     The bound is per datum when every cost term shares the data plate (all latents local)
-    and joint otherwise.
+    and joint otherwise. The particles are one vectorised batch by default;
+    ``vectorize_particles=False`` draws them one after another (for models that index
+    tables with sampled values) and computes the same bound across them.
     """
 
     name = "vimco"
     multi_sample = True
     model_level = True
 
-    def model_terms(self, ev):
+    loops_particles = True
+
+    @staticmethod
+    def _check_sites(ev) -> None:
         for site in ev.sites.values():
             if not isinstance(site.estimator, VIMCO):
                 raise SiteError(
@@ -29,6 +36,33 @@ class VIMCO(SiteEstimator):
                     f"so every discrete guide site must use it; site '{site.name}' uses "
                     f"'{site.estimator.name}'"
                 )
+
+    def model_particle_terms(self, evs):
+        """The bound over particles evaluated one at a time (``vectorize_particles=False``):
+        each particle's log-weight, reduced as in :meth:`model_terms`, stacked on a new
+        leading dim."""
+        for ev in evs:
+            self._check_sites(ev)
+        frames = [set(c.frames) for ev in evs for c in ev.costs]
+        keep = tuple(set.intersection(*frames)) if frames else ()
+        ndim = -min((d for _, d in keep), default=0)
+        log_w, log_q = [], []
+        for ev in evs:
+            w = sum((reduce_to_frames(c.value, c.frames, keep, ndim) for c in ev.costs), 0.0)
+            q = sum(
+                (reduce_to_frames(ev.score(s), s.frames, keep, ndim) for s in ev.sites.values()),
+                0.0,
+            )
+            w = torch.as_tensor(w)
+            log_w.append(w)
+            log_q.append(torch.as_tensor(q, dtype=w.dtype).expand(w.shape))
+        log_w = torch.stack(torch.broadcast_tensors(*log_w))
+        log_q = torch.stack(torch.broadcast_tensors(*log_q))
+        surrogate, bound = E.vimco_surrogate(log_w, log_q, 0)
+        return bound.sum().detach(), Terms(surrogate=surrogate)
+
+    def model_terms(self, ev):
+        self._check_sites(ev)
         particle = ev.particle_frame
         common = {particle}
         if ev.costs:
