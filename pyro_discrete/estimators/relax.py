@@ -14,6 +14,11 @@ unbiased for any differentiable :math:`c_\phi`. The control-variate parameters
 :math:`\hat g` with its graph: a double backward. :math:`[f(b) - c_\phi(\tilde z)]` is a
 constant in :math:`\theta`; forgetting that adds a spurious term and biases the estimate.
 
+With :math:`c_\phi = r_\rho` alone (a learned network, no
+:math:`\eta f(\sigma_\lambda(\cdot))` term) :math:`f` is used by value only and may be a
+black box (the paper's surrogate for black-box :math:`f`; ``black_box=True`` of the
+``relax`` adapter); it stays unbiased.
+
 Here :math:`\theta` is the logits tensor of one discrete site; the caller chains
 :math:`\hat g` into the network parameters.
 
