@@ -122,6 +122,7 @@ class RELAX(SiteEstimator):
         return ev.signal(site, costs)
 
     def site_terms(self, ev, site):
+        ev.refuse_black_box_costs(site)  # before any control variate is created
         self._check_later_sites(ev, site)
         eta, temp, params = self.control_variate_params(site)
         relaxation = site.relaxation()
