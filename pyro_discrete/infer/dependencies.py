@@ -123,8 +123,12 @@ _REBOUND = frozenset(
 _NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "retain_grad"})
 
 
-def _is_write(name: str, kwargs: dict) -> bool:
-    if name == "__setitem__" or kwargs.get("out") is not None:
+def _is_write(name: str, args: tuple, kwargs: dict) -> bool:
+    if kwargs.get("out") is not None:
+        return True
+    if not args or not torch.is_tensor(args[0]):
+        return False
+    if name == "__setitem__":
         return True
     return name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES
 
@@ -164,9 +168,10 @@ class _UntracedPaths(TorchFunctionMode):
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if name in _HOST_READS:
             self._leak(get_provenance(args))
-        elif name not in _REBOUND and _is_write(name, kwargs):
-            target = kwargs["out"] if kwargs.get("out") is not None else args[0]
-            sources = [args if target is not args[0] else args[1:], kwargs]
+        elif name not in _REBOUND and _is_write(name, args, kwargs):
+            into_out = kwargs.get("out") is not None
+            target = kwargs["out"] if into_out else args[0]
+            sources = [args if into_out else args[1:], kwargs]
             written = self.sites_in(get_provenance(sources))
             self._leak(frozenset(written - self.sites_in(get_provenance(target))))
         result = func(*args, **kwargs)
