@@ -39,9 +39,10 @@ from torch import Tensor
 from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.adapters import SiteEstimator, Terms, make_estimator
 from pyro_discrete.infer.dependencies import (
-    dependency_map,
     preserved_rng,
     structure_key,
+    trace_dependencies,
+    warn_black_box_costs,
 )
 from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
 from pyro_discrete.infer.shared_noise import is_compiling
@@ -87,10 +88,12 @@ class DiscreteELBO(ELBO):
         breaks unless written ``Vindex(probs_x)[..., x]``.
     :param bool cache_dependencies: find which costs depend on which site once per trace
         structure (site names, shapes, plates) instead of every step. Data flow is read by
-        provenance tracking, which sees tensor operations only: Python control flow on a
-        sampled value (``if z.item() == 1``) is invisible either way (such host reads of a
-        discrete value are detected and warned about, naming the site), and data flow that
-        changes with the sampled values needs ``cache_dependencies=False``.
+        provenance tracking, which sees tensor operations only: a cost computed after a
+        sampled value was read outside torch (``.numpy()``, ``.item()``, Python control
+        flow such as ``if z.item() == 1``, a simulator) is scored against the sites so read
+        by the sequential rule, and warned about once, naming the cost site (see
+        :mod:`~pyro_discrete.infer.dependencies`); data flow that changes with the sampled
+        values needs ``cache_dependencies=False``.
     :param dict estimator_options: options of the chosen estimator (see its class), e.g.
         ``{"temperature": 0.5, "learn_control_variates": False}`` for ``"rebar"``; they may
         also be passed as extra keyword arguments.
@@ -162,6 +165,7 @@ class DiscreteELBO(ELBO):
         #: loss is always minus the ELBO at hard samples.
         self.last_relaxed_loss: Tensor | None = None
         self._structures: dict[tuple, StructureInfo] = {}
+        self._warned_black_box: set = set()  # cost sites already warned about
 
     # -- estimator per site -------------------------------------------------------------
 
@@ -233,8 +237,9 @@ class DiscreteELBO(ELBO):
         if structure is None:
             self._validate(model_trace, guide_trace)
             names = frozenset(recorded.sites)
-            deps = dependency_map(model, guide, args, kwargs, guide_trace, names)
-            structure = StructureInfo(deps)
+            found = trace_dependencies(model, guide, args, kwargs, guide_trace, names)
+            warn_black_box_costs(found, self._warned_black_box)
+            structure = StructureInfo(found.deps, untraced=found.untraced)
             if self.cache_dependencies:
                 self._structures[key] = structure
         particle_frame = None

@@ -26,8 +26,8 @@ from pyro_discrete.infer.dependencies import (
     GUIDE,
     MODEL,
     CostKey,
-    dependency_map,
     is_subsample,
+    trace_dependencies,
 )
 from pyro_discrete.infer.sites import (
     DiscreteSite,
@@ -202,6 +202,10 @@ class StructureInfo:
 
     deps: dict[CostKey, frozenset]
     direct: dict[CostKey, frozenset] | None = None
+    #: for each cost, the sites it depends on through a path with no gradient (a black box)
+    untraced: dict[CostKey, frozenset] = field(default_factory=dict)
+    #: the same among the direct dependencies (what relaxation estimators differentiate)
+    direct_untraced: dict[CostKey, frozenset] | None = None
     #: sites whose relaxed value was checked to reach the costs that depend on it
     checked: set[str] = field(default_factory=set)
     #: steps at which a site's dependent model terms had an all-zero gradient
@@ -289,6 +293,48 @@ class Evaluation:
 
     # -- checks -----------------------------------------------------------------------
 
+    def black_box_costs(self, site: DiscreteSite) -> list[str]:
+        """The cost terms of ``site``'s learning signal that depend on its value through a
+        path with no gradient (``"model site 'reward'"``-style names, sorted; empty when
+        every one is traced through torch).
+
+        Such a cost was computed from the value outside torch (``.numpy()``, ``.tolist()``,
+        ``.item()``, Python control flow, a simulator; it is then scored by the sequential
+        rule, see :mod:`~pyro_discrete.infer.dependencies`) or through ``torch.no_grad()``
+        or ``.detach()``. Score-function estimators need nothing more; estimators that
+        differentiate the model through a relaxed value cannot use it
+        (:meth:`refuse_black_box_costs`), and those that treat the objective as a black box
+        (``relax`` with ``black_box=True``, ``lax``) may ask here to skip that refusal.
+        """
+        return sorted(
+            f"{role} site '{name}'"
+            for (role, name), sites in self.structure.untraced.items()
+            if site.name in sites
+        )
+
+    def refuse_black_box_costs(self, site: DiscreteSite) -> None:
+        """Refuse, naming the cost site, the guide site and the alternatives, a cost into
+        which ``site``'s value enters with no gradient path (outside torch, under
+        ``torch.no_grad()``, through ``.detach()``): an estimator that differentiates the
+        model through a relaxed value would ignore that part of it, silently biased.
+        Called before the estimator computes or registers anything, so a refused step
+        updates nothing."""
+        self.direct_deps()
+        for (role, name), sites in sorted(self.structure.direct_untraced.items()):
+            if name == site.name or site.name not in sites:
+                continue
+            raise SiteError(
+                f"{role} site '{name}' is a black-box cost of guide site '{site.name}' "
+                f"({type(site.fn).__name__}): it is computed from the value outside torch's "
+                "autograd (.numpy(), .tolist(), .item(), Python control flow, a simulator, "
+                "torch.no_grad() or .detach()), so it has no gradient path to the relaxed "
+                f"value that estimator '{site.estimator.name}' differentiates, which would "
+                "silently ignore it. Use an estimator that treats the cost as a black box: "
+                f"infer={{'estimator': 'rloo'}} for '{site.name}' (or 'reinforce', 'nvil'), "
+                "'relax' with black_box=True (a learned surrogate), or 'lax' for a "
+                "continuous site; or write the cost with torch operations on the value"
+            )
+
     def check_relaxed_value_reaches_costs(
         self, site: DiscreteSite, value: Tensor, costs: list[Cost]
     ) -> None:
@@ -296,14 +342,15 @@ class Evaluation:
 
         ``costs`` were computed with ``value`` at the site. Every model term (and every
         other latent's term) into which the site's value enters directly must be
-        differentiable in it: indexing with the sample (``table[z.argmax(-1)]``,
-        ``e[z.long()]``) or thresholding it (``(z > 0.5).float()``) passes the hard value
-        along with no gradient, and a relaxation estimator would then be silently biased.
-        Checked once per trace structure and site.
+        differentiable in it: a black-box cost (see :meth:`refuse_black_box_costs`),
+        indexing with the sample (``table[z.argmax(-1)]``, ``e[z.long()]``) or
+        thresholding it (``(z > 0.5).float()``) passes the value along with no gradient,
+        and a relaxation estimator would then be silently biased. Checked once per trace
+        structure and site (the black-box refusal every time: it is a look-up).
         """
+        self.refuse_black_box_costs(site)
         if site.name in self.structure.checked or not value.requires_grad:
             return
-        self.structure.checked.add(site.name)
         direct = self.direct_deps()
         all_zero = False
         for cost in costs:
@@ -331,6 +378,8 @@ class Evaluation:
             # initialised at 0); a model that rounds the value stays at zero. Look again at
             # later steps and warn only when it persists.
             all_zero = all_zero or (role == MODEL and not bool(grad.ne(0).any()))
+        # marked only once passed: a refused step is refused again when retried
+        self.structure.checked.add(site.name)
         if all_zero:
             steps = self.structure.zero_gradient_steps.get(site.name, 0) + 1
             self.structure.zero_gradient_steps[site.name] = steps
@@ -348,7 +397,7 @@ class Evaluation:
 
     def direct_deps(self) -> dict[CostKey, frozenset]:
         if self.structure.direct is None:
-            self.structure.direct = dependency_map(
+            found = trace_dependencies(
                 self.model,
                 self.guide,
                 self.args,
@@ -357,6 +406,8 @@ class Evaluation:
                 frozenset(self.sites),
                 inherit=False,
             )
+            self.structure.direct = found.deps
+            self.structure.direct_untraced = found.untraced
         return self.structure.direct
 
     # -- extra passes -----------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_a_site_read_on_the_host_is_warned_about():
         pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.tensor(0.0))))
 
     pyro.clear_param_store()
-    with pytest.warns(RuntimeWarning, match="site 'z' on the host.*Python control flow"):
+    with pytest.warns(UserWarning, match="site 'z' on the host.*Python control flow"):
         DiscreteELBO().loss_and_grads(model, guide)
 
 

@@ -147,6 +147,7 @@ class RELAX(SiteEstimator):
         if self.options.get("black_box"):
             c_z, c_zt, params = self._black_box_surrogates(site, z_tilde)
             return self._terms(ev, site, c_z, c_zt, params)
+        ev.refuse_black_box_costs(site)  # before any control variate is created
         self._check_later_sites(ev, site)
         eta, temp, params = self.control_variate_params(site)
         relaxation = site.relaxation()
