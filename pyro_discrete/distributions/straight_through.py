@@ -46,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from typing import ClassVar
 
 import torch
@@ -53,6 +54,8 @@ import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints
+
+from pyro_discrete.estimators.reinmax_rao import heun_midpoints
 
 from . import functional as fn
 from ._params import (
@@ -75,7 +78,40 @@ __all__ = [
     "GumbelRaoOneHotCategorical",
     "ReinMaxBernoulli",
     "ReinMaxOneHotCategorical",
+    "DecoupledStraightThroughBernoulli",
+    "DecoupledStraightThroughOneHotCategorical",
+    "ReinMaxRaoBernoulli",
+    "ReinMaxRaoOneHotCategorical",
+    "heun_value",
 ]
+
+
+def heun_value(logits: Tensor, hard: Tensor, midpoints: Tensor, one_hot: bool) -> Tensor:
+    r"""``hard`` in the forward pass; in the backward pass the Heun (ReinMax) Jacobian
+    :math:`\frac2K\sum_k J(m_k) - \frac12 J(\pi_0)` for the ``midpoints`` :math:`m_k`
+    stacked along a leading dim (ReinMax: the single midpoint
+    :math:`\frac12(\mathrm{softmax}(\ell/\lambda) + D)`).
+
+    Built as ``hard + (s - s.detach())`` with :math:`s = \frac2K\sum_k J(m_k)\,\ell -
+    \frac12\pi_0`, the midpoints held constant (:math:`J` is symmetric, so the gradient of
+    :math:`J(m)\ell` in :math:`\ell` is :math:`J(m)`); the temperature gets no gradient,
+    as in ReinMax's official code.
+    """
+    midpoints = midpoints.detach()
+    if one_hot:
+        linear = midpoints * logits - midpoints * (midpoints * logits).sum(-1, keepdim=True)
+        pi_0 = torch.softmax(logits, -1)
+    else:
+        linear = midpoints * (1 - midpoints) * logits
+        pi_0 = torch.sigmoid(logits)
+    return straight_through(hard, 2 * linear.mean(0) - 0.5 * pi_0)
+
+
+def _positive_number(name: str, value: float) -> float:
+    """``value`` as a float, or a ``ValueError`` naming the option ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
 
 
 class _HardSample(TorchDistribution):
@@ -85,6 +121,8 @@ class _HardSample(TorchDistribution):
     has_rsample = True
     #: the relaxation whose threshold is the sample (set by the law)
     relaxation_type: ClassVar[type]
+    #: whether the value is one-hot (set by the law)
+    one_hot: ClassVar[bool]
     #: names of the rule's options, copied by :meth:`expand`
     rule_options: ClassVar[tuple[str, ...]] = ()
 
@@ -169,7 +207,7 @@ class _Bernoulli(_HardSample):
     arg_constraints = {**BernoulliParams.arg_constraints, "temperature": constraints.positive}
     support = constraints.boolean
     _log_mass = staticmethod(fn.bernoulli_log_mass)
-    _reinmax = staticmethod(fn.reinmax_bernoulli)
+    one_hot = False
 
     def entropy(self) -> Tensor:
         return F.binary_cross_entropy_with_logits(self.logits, self.probs, reduction="none")
@@ -182,7 +220,7 @@ class _OneHot(_HardSample):
     arg_constraints = {**CategoricalParams.arg_constraints, "temperature": constraints.positive}
     support = constraints.one_hot
     _log_mass = staticmethod(fn.categorical_log_mass)
-    _reinmax = staticmethod(fn.reinmax_categorical)
+    one_hot = True
 
     def entropy(self) -> Tensor:
         return -(self.probs * torch.log_softmax(self.logits, -1)).sum(-1)
@@ -218,9 +256,58 @@ class _GumbelRaoRule(_HardSample):
 
 
 class _ReinMaxRule(_HardSample):
+    def _endpoints(self, hard: Tensor) -> Tensor:
+        """The endpoints of the Heun midpoints, stacked along a leading dim."""
+        return hard.unsqueeze(0)
+
     def _value(self, z: Tensor, hard: Tensor) -> Tensor:
         logits = self.logits.expand(hard.shape)
-        return self._reinmax(logits, hard, self._temperature_per_value(self.temperature))
+        temperature = self.temperature.expand(hard.shape[: hard.dim() - len(self.event_shape)])
+        midpoints = heun_midpoints(logits, self._endpoints(hard), temperature, self.one_hot)
+        return heun_value(logits, hard, midpoints, self.one_hot)
+
+
+class _ReinMaxRaoRule(_ReinMaxRule):
+    rule_options = ("num_samples", "endpoint_temperature")
+
+    def __init__(
+        self,
+        temperature: Tensor | float,
+        probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
+        endpoint_temperature: float = 0.5,
+        num_samples: int = 10,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.endpoint_temperature = _positive_number("endpoint_temperature", endpoint_temperature)
+        self.num_samples = check_num_samples(num_samples)
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def _endpoints(self, hard: Tensor) -> Tensor:
+        # K relaxed endpoints softmax(z~_k / tau), z~_k ~ p(z | hard); no gradient flows
+        # through them (as through ReinMax's midpoint)
+        with torch.no_grad():
+            z = self.base_dist.conditional(hard).rsample((self.num_samples,))
+            return self.base_dist.relax(z, self.endpoint_temperature)
+
+
+class _DecoupledRule(_StraightThroughRule):
+    rule_options = ("forward_temperature",)
+
+    def __init__(
+        self,
+        temperature: Tensor | float,
+        probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
+        forward_temperature: float = 1.0,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.forward_temperature = _positive_number("forward_temperature", forward_temperature)
+        if self.forward_temperature != 1.0:
+            # the law of the samples is the tempered one, softmax(logits / tau_f)
+            law = self.relaxation_type(probs=probs, logits=logits, validate_args=validate_args)
+            probs, logits = None, law.logits / self.forward_temperature
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,5 +482,118 @@ class ReinMaxOneHotCategorical(_OneHot, _ReinMaxRule):
         paper prefers :math:`\lambda \ge 1`).
     :param probs: probabilities (exactly one of ``probs``, ``logits``).
     :param logits: unnormalised log-probabilities.
+    :param validate_args: as in :class:`torch.distributions.Distribution`.
+    """
+
+
+class DecoupledStraightThroughBernoulli(_Bernoulli, _DecoupledRule):
+    r"""Bernoulli samples of the tempered law :math:`\sigma(\ell/\tau_f)` with the
+    straight-through gradient at a separate temperature :math:`\tau_b`. **Biased.**
+
+    Decoupled straight-through (Shah et al. 2024; see
+    :mod:`pyro_discrete.estimators.decoupled_st` for what is ours): forward
+    :math:`b = H(z)`, :math:`z = \ell/\tau_f + \log u - \log(1-u)`; backward the gradient
+    of :math:`\sigma(z/\tau_b)`. ``logits`` / ``probs`` / ``log_prob`` are those of the
+    tempered law, so this is :class:`StraightThroughBernoulli` at temperature
+    :math:`\tau_b` with logits :math:`\ell/\tau_f`, and exactly it at :math:`\tau_f = 1`.
+
+    Example::
+
+        >>> logits = torch.tensor([0.0, 3.0], requires_grad=True)
+        >>> d = DecoupledStraightThroughBernoulli(2.0, logits=logits, forward_temperature=1.5)
+        >>> d.logits
+        tensor([0., 2.], grad_fn=<ExpandBackward0>)
+        >>> b = d.rsample((3,))
+        >>> bool(((b == 0) | (b == 1)).all()), b.requires_grad
+        (True, True)
+
+    :param temperature: the backward temperature :math:`\tau_b > 0`.
+    :param probs: :math:`\theta = P(b = 1)` before tempering (exactly one of ``probs``,
+        ``logits``).
+    :param logits: log-odds :math:`\ell` before tempering.
+    :param forward_temperature: :math:`\tau_f > 0` (a number), the temperature of the
+        sample's law.
+    :param validate_args: as in :class:`torch.distributions.Distribution`.
+    """
+
+
+class DecoupledStraightThroughOneHotCategorical(_OneHot, _DecoupledRule):
+    r"""One-hot samples of the tempered law :math:`\mathrm{softmax}(\ell/\tau_f)` with
+    the straight-through Gumbel-softmax gradient at a separate temperature :math:`\tau_b`.
+    **Biased.**
+
+    Forward :math:`D = \mathrm{onehot}(\arg\max z)`, :math:`z = \ell/\tau_f + g` with
+    Gumbel noise :math:`g`; backward the gradient of :math:`\mathrm{softmax}(z/\tau_b)`
+    (:mod:`pyro_discrete.estimators.decoupled_st`). ``logits`` / ``probs`` / ``log_prob``
+    are those of the tempered law; at :math:`\tau_f = 1` this is exactly
+    :class:`StraightThroughOneHotCategorical` at temperature :math:`\tau_b`.
+
+    Example::
+
+        >>> d = DecoupledStraightThroughOneHotCategorical(
+        ...     0.5, logits=torch.tensor([2.0, 0.0, 0.0]), forward_temperature=2.0
+        ... )
+        >>> d.probs
+        tensor([0.5761, 0.2119, 0.2119])
+        >>> d.rsample((2,)).sum(-1).tolist()
+        [1.0, 1.0]
+
+    :param temperature: the backward temperature :math:`\tau_b > 0` (float or tensor
+        broadcasting against the batch shape).
+    :param probs: probabilities before tempering (exactly one of ``probs``, ``logits``).
+    :param logits: unnormalised log-probabilities :math:`\ell` before tempering.
+    :param forward_temperature: :math:`\tau_f > 0` (a number).
+    :param validate_args: as in :class:`torch.distributions.Distribution`.
+    """
+
+
+class ReinMaxRaoBernoulli(_Bernoulli, _ReinMaxRaoRule):
+    r"""Bernoulli samples with the ReinMax-Rao gradient (our construction, see
+    :mod:`pyro_discrete.estimators.reinmax_rao`). **Biased.**
+
+    Forward: :math:`b \sim \mathrm{Bernoulli}(\sigma(\ell))`, exactly 0 or 1. Backward:
+    ReinMax's :math:`2\pi_1(1-\pi_1) - \frac12\sigma'(\ell)` with the midpoint's hard
+    endpoint :math:`b` replaced by relaxed endpoints :math:`\sigma(\tilde z_k/\tau)`,
+    :math:`\tilde z_k \sim p(z \mid b)`, and the midpoint Jacobians averaged over
+    :math:`K` draws. As :math:`\tau \to 0` it is :class:`ReinMaxBernoulli`.
+
+    Example::
+
+        >>> logits = torch.tensor([0.0, 3.0], requires_grad=True)
+        >>> b = ReinMaxRaoBernoulli(1.0, logits=logits, num_samples=4).rsample((5,))
+        >>> b.shape, bool(((b == 0) | (b == 1)).all()), b.requires_grad
+        (torch.Size([5, 2]), True, True)
+
+    :param temperature: ReinMax's :math:`\lambda > 0` (1.0 makes ReinMax exact for
+        quadratic :math:`f`).
+    :param probs: :math:`\theta = P(b = 1)` (exactly one of ``probs``, ``logits``).
+    :param logits: log-odds.
+    :param endpoint_temperature: :math:`\tau > 0` (a number) of the relaxed endpoint.
+    :param num_samples: :math:`K \ge 1`, conditional draws per sample.
+    :param validate_args: as in :class:`torch.distributions.Distribution`.
+    """
+
+
+class ReinMaxRaoOneHotCategorical(_OneHot, _ReinMaxRaoRule):
+    r"""One-hot categorical samples with the ReinMax-Rao gradient (our construction, see
+    :mod:`pyro_discrete.estimators.reinmax_rao`). **Biased.**
+
+    Forward: :math:`D = \mathrm{onehot}(\arg\max z)`, exactly one-hot. Backward:
+    :math:`\frac2K\sum_k J(\pi_{1,k}) - \frac12 J(\pi_0)` with
+    :math:`\pi_{1,k} = \frac12(\mathrm{softmax}(\ell/\lambda) +
+    \mathrm{softmax}(\tilde z_k/\tau))`, :math:`\tilde z_k \sim p(z \mid D)`.
+
+    Example::
+
+        >>> logits = torch.tensor([1.0, 0.0, -1.0], requires_grad=True)
+        >>> b = ReinMaxRaoOneHotCategorical(1.0, logits=logits).rsample((2,))
+        >>> b.sum(-1).tolist(), b.requires_grad
+        ([1.0, 1.0], True)
+
+    :param temperature: ReinMax's :math:`\lambda > 0`.
+    :param probs: probabilities (exactly one of ``probs``, ``logits``).
+    :param logits: unnormalised log-probabilities.
+    :param endpoint_temperature: :math:`\tau > 0` (a number) of the relaxed endpoint.
+    :param num_samples: :math:`K \ge 1`, conditional draws per sample.
     :param validate_args: as in :class:`torch.distributions.Distribution`.
     """

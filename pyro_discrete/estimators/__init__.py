@@ -9,12 +9,19 @@ from pyro_discrete.estimators.arm import (
     arm_logit_gradient,
     disarm_logit_gradient,
 )
+from pyro_discrete.estimators.decoupled_st import decoupled_st_logit_gradient
 from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
 from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
 from pyro_discrete.estimators.reinmax import reinmax_logit_gradient
+from pyro_discrete.estimators.reinmax_cv import (
+    expected_reinmax_product,
+    reinmax_cv_correction,
+    reinmax_cv_logit_gradient,
+)
+from pyro_discrete.estimators.reinmax_rao import heun_midpoints, reinmax_rao_logit_gradient
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
 from pyro_discrete.estimators.rodeo import gibbs_stein, gibbs_stein_score, rodeo_logit_gradient
@@ -33,11 +40,13 @@ __all__ = [
     "antithetic_uniform",
     "arm_logit_gradient",
     "decaying_average",
+    "decoupled_st_logit_gradient",
     "disarm_logit_gradient",
     "double_cv_logit_gradient",
     "gibbs_stein",
     "gibbs_stein_score",
     "gradient_variance_loss",
+    "heun_midpoints",
     "leave_one_out_mean",
     "leave_one_out_signal",
     "logit_score",
@@ -47,11 +56,15 @@ __all__ = [
     "nvil_signal",
     "nvil_update_statistics",
     "rebar_logit_gradient",
+    "reinmax_cv_correction",
+    "reinmax_cv_logit_gradient",
     "reinmax_logit_gradient",
+    "reinmax_rao_logit_gradient",
     "relax_logit_gradient",
     "rodeo_logit_gradient",
     "score_surrogate",
     "event_without_replacement",
+    "expected_reinmax_product",
     "gumbel_top_k",
     "stochastic_beam_search",
     "unordered_set_baseline",
