@@ -9,7 +9,9 @@ minimum) and reports
   standard error (the norm of the mean's standard errors; a bias below about twice this
   is not resolved);
 - ``var``: the trace of one estimate's covariance (summed over every parameter
-  component).
+  component), and ``guide var``: the same over the guide's parameters only, whose
+  gradient is where the estimators differ (the model's parameters get the same pathwise
+  gradient from all of them).
 
 Run from the repository root::
 
@@ -62,7 +64,8 @@ def measure(make, estimator: str, draws: int, particles: int = 16, seed: int = 0
     bias = sum(((d.mean(0) - exact[k]) ** 2).sum() for k, d in samples.items()) ** 0.5
     se = sum((d.var(0) / draws).sum() for d in samples.values()) ** 0.5
     var = sum(d.var(0).sum() for d in samples.values())
-    return {"bias": bias.item(), "se": se.item(), "var": var.item()}
+    guide = sum(samples[k].var(0).sum() for k in problem.guide_params)
+    return {"bias": bias.item(), "se": se.item(), "var": var.item(), "guide_var": guide.item()}
 
 
 def main() -> None:
@@ -73,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_default_dtype(torch.float64)
     estimators = args.estimators.split(",")
+    print("bias ± s.e. / var / guide var, per cell\n")
     print("| model | " + " | ".join(estimators) + " |")
     print("|---|" + "---|" * len(estimators))
     for model in args.models.split(","):
@@ -80,7 +84,7 @@ def main() -> None:
         for name in estimators:
             start = time.perf_counter()
             r = measure(MODELS[model], name, args.draws)
-            cells.append(f"{r['bias']:.3f} ± {r['se']:.3f} / {r['var']:.3g}")
+            cells.append(f"{r['bias']:.3f} ± {r['se']:.3f} / {r['var']:.3g} / {r['guide_var']:.3g}")
             print(f"{model} {name}: {r} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
         print(f"| {model} | " + " | ".join(cells) + " |", flush=True)
 

@@ -5,12 +5,12 @@ and, in the backward pass, the gradient of a surrogate. Each distribution is com
 :class:`torch.distributions.RelaxedBernoulli` is composed from a base law and a transform,
 of
 
-- a **law** (:class:`_Bernoulli` or :class:`_OneHot`): the relaxation whose threshold is the
+- a **law** (``_Bernoulli`` or ``_OneHot``): the relaxation whose threshold is the
   sample (``base_dist``, a :class:`~pyro_discrete.distributions.LogisticBernoulli` or
   :class:`~pyro_discrete.distributions.GumbelCategorical`), the support, the log-mass and
   the entropy;
-- a **gradient rule** (:class:`_StraightThroughRule`, :class:`_GumbelRaoRule`,
-  :class:`_ReinMaxRule`, ...): the value built from the noise :math:`z` and the hard sample
+- a **gradient rule** (``_StraightThroughRule``, ``_GumbelRaoRule``,
+  ``_ReinMaxRule``, ...): the value built from the noise :math:`z` and the hard sample
   :math:`b`, with the rule's options (``num_samples``, ...).
 
 A public class is one law and one rule, so the Bernoulli and one-hot twins share all code:
