@@ -275,7 +275,7 @@ class _ReinMaxRaoRule(_ReinMaxRule):
         temperature: Tensor | float,
         probs: Tensor | float | None = None,
         logits: Tensor | float | None = None,
-        endpoint_temperature: float = 0.5,
+        endpoint_temperature: float = 0.1,
         num_samples: int = 10,
         validate_args: bool | None = None,
     ) -> None:

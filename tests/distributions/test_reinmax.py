@@ -263,7 +263,7 @@ def test_reinmax_rao_shapes_options_and_errors(cls):
     x = d.rsample((5,))
     assert x.shape == (5, 2, 4) + event and _is_hard(cls, x)
     e = d.expand((3, 2, 4))
-    assert type(e) is type(d) and (e.num_samples, e.endpoint_temperature) == (3, 0.5)
+    assert type(e) is type(d) and (e.num_samples, e.endpoint_temperature) == (3, 0.1)
     assert e.rsample().shape == (3, 2, 4) + event
     logits = _logits(cls, torch.float32)
     for bad in (0.0, -0.5, torch.tensor(0.5), "1"):

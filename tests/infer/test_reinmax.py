@@ -61,7 +61,7 @@ def linear_bits() -> Problem:
     return Problem("linear_bits", model, guide, (), init, guide_params=("q",))
 
 
-def _mean_gradient_distance(problem, estimator):
+def _mean_gradient_distance(problem, estimator, **options):
     exact = problem.exact()
     elbo = DiscreteELBO(
         estimator,
@@ -69,6 +69,7 @@ def _mean_gradient_distance(problem, estimator):
         vectorize_particles=True,
         max_plate_nesting=1,
         temperature=1.0,
+        **options,
     )
     draws = estimator_draws(problem, elbo, NUM_DRAWS)
     distance = sum(((d.mean(0) - exact[k]) ** 2).sum() for k, d in draws.items()) ** 0.5
@@ -87,6 +88,21 @@ def test_closer_to_the_exact_gradient_than_straight_through(make):
     )
     assert reinmax < 0.4 * straight
     assert z_reinmax < 4.5 < z_straight
+
+
+@pytest.mark.parametrize("make", [gaussian_bits, PROBLEMS["mixture_of_experts"]])
+def test_reinmax_rao_is_closer_to_the_exact_gradient_than_straight_through(make):
+    """Where ReinMax is nearly exact, ReinMax-Rao at its default endpoint temperature keeps
+    most of the gain (measured: 0.055 vs 0.284 and 0.196 vs 0.757), and a hot endpoint
+    loses it: the endpoint temperature matters, the test can fail."""
+    rao, _ = _mean_gradient_distance(make(), "reinmax_rao")
+    straight, _ = _mean_gradient_distance(make(), "st")
+    hot, _ = _mean_gradient_distance(make(), "reinmax_rao", endpoint_temperature=0.5)
+    print(
+        f"{make.__name__}: |mean - exact| reinmax_rao {rao:.4f} (hot {hot:.4f}), st {straight:.4f}"
+    )
+    assert rao < 0.4 * straight
+    assert rao < 0.7 * hot
 
 
 @pytest.mark.parametrize("name", ["categorical_chain", "sbn_two_layer"])

@@ -51,12 +51,15 @@ class ReinMaxRao(ReinMax):
     conditional draws :math:`\tilde z_k \sim p(z \mid b)`, the midpoint Jacobians averaged
     (the Gumbel-Rao device): :math:`\frac2K\sum_k J(\pi_{1,k}) - \frac12 J(\pi_0)`, see
     :mod:`pyro_discrete.estimators.reinmax_rao`. ``endpoint_temperature`` :math:`\tau`
-    (0.5): towards 0 it is ReinMax, larger values lower the variance and move the mean.
+    (0.1): towards 0 it is ReinMax, larger values move the mean towards straight-through's.
+    Measured (``docs/choosing.md``): at 0.1, 20% lower guide-gradient variance than ReinMax
+    on the one-hot mixture of experts, 23% higher on Bernoulli bits, with a larger bias
+    than ReinMax's and a smaller one than straight-through's.
     Other options as ``"reinmax"``. One model evaluation per step, as ReinMax.
     """
 
     name = "reinmax_rao"
-    defaults = {**ReinMax.defaults, "endpoint_temperature": 0.5, "num_samples": 10}
+    defaults = {**ReinMax.defaults, "endpoint_temperature": 0.1, "num_samples": 10}
 
     def validate_options(self) -> None:
         super().validate_options()
