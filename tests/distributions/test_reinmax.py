@@ -250,8 +250,12 @@ def test_reinmax_rao_draws_average_with_the_same_mean_and_less_variance(cls):
     logits = _logits(cls, torch.float64)[:1]
     c = torch.randn_like(logits)
     n = NUM_DRAWS // 5
-    one = _per_sample_gradients(lambda lg: RAO[cls](1.0, logits=lg, num_samples=1), logits, c, n)
-    many = _per_sample_gradients(lambda lg: RAO[cls](1.0, logits=lg, num_samples=20), logits, c, n)
+    one = _per_sample_gradients(
+        lambda lg: RAO[cls](1.0, logits=lg, endpoint_temperature=1.0, num_samples=1), logits, c, n
+    )
+    many = _per_sample_gradients(
+        lambda lg: RAO[cls](1.0, logits=lg, endpoint_temperature=1.0, num_samples=20), logits, c, n
+    )
     assert_mean_close(one - many, 0.0)
     assert many.var(0).sum() < 0.9 * one.var(0).sum()
 
