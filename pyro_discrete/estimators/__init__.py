@@ -9,6 +9,7 @@ from pyro_discrete.estimators.arm import (
     arm_logit_gradient,
     disarm_logit_gradient,
 )
+from pyro_discrete.estimators.decoupled_st import decoupled_st_logit_gradient
 from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
 from pyro_discrete.estimators.lax import lax_parameter_gradients
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
@@ -16,6 +17,12 @@ from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
 from pyro_discrete.estimators.reinforce import decaying_average, logit_score, score_surrogate
 from pyro_discrete.estimators.reinmax import reinmax_logit_gradient
+from pyro_discrete.estimators.reinmax_cv import (
+    expected_reinmax_product,
+    reinmax_cv_correction,
+    reinmax_cv_logit_gradient,
+)
+from pyro_discrete.estimators.reinmax_rao import heun_midpoints, reinmax_rao_logit_gradient
 from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
 from pyro_discrete.estimators.rloo import leave_one_out_signal
 from pyro_discrete.estimators.rodeo import gibbs_stein, gibbs_stein_score, rodeo_logit_gradient
@@ -34,12 +41,14 @@ __all__ = [
     "antithetic_uniform",
     "arm_logit_gradient",
     "decaying_average",
+    "decoupled_st_logit_gradient",
     "disarm_logit_gradient",
     "double_cv_logit_gradient",
     "gibbs_stein",
     "gibbs_stein_score",
     "gradient_variance_loss",
     "lax_parameter_gradients",
+    "heun_midpoints",
     "leave_one_out_mean",
     "leave_one_out_signal",
     "logit_score",
@@ -49,11 +58,15 @@ __all__ = [
     "nvil_signal",
     "nvil_update_statistics",
     "rebar_logit_gradient",
+    "reinmax_cv_correction",
+    "reinmax_cv_logit_gradient",
     "reinmax_logit_gradient",
+    "reinmax_rao_logit_gradient",
     "relax_logit_gradient",
     "rodeo_logit_gradient",
     "score_surrogate",
     "event_without_replacement",
+    "expected_reinmax_product",
     "gumbel_top_k",
     "stochastic_beam_search",
     "unordered_set_baseline",

@@ -7,10 +7,15 @@ import pytest
 import torch
 
 from pyro_discrete import estimators as E
-from pyro_discrete.distributions import ReinMaxBernoulli, ReinMaxOneHotCategorical
+from pyro_discrete.distributions import (
+    ReinMaxBernoulli,
+    ReinMaxOneHotCategorical,
+    ReinMaxRaoBernoulli,
+    ReinMaxRaoOneHotCategorical,
+)
 from pyro_discrete.distributions import functional as fn
 
-from ._helpers import DTYPES, NUM_DRAWS, assert_frequencies
+from ._helpers import DTYPES, NUM_DRAWS, assert_frequencies, assert_mean_close
 
 ALL = [ReinMaxBernoulli, ReinMaxOneHotCategorical]
 
@@ -165,3 +170,110 @@ def test_used_in_a_pyro_model():
     torch.testing.assert_close(
         trace.log_prob_sum(), torch.tensor(-5 * 3 * 0.6931472 - 5 * 1.3862944)
     )
+
+
+# ---------------------------------------------------------------------------------------
+# ReinMax-Rao (our construction): ReinMax with a Rao-Blackwellised Heun midpoint
+# ---------------------------------------------------------------------------------------
+
+RAO = {ReinMaxBernoulli: ReinMaxRaoBernoulli, ReinMaxOneHotCategorical: ReinMaxRaoOneHotCategorical}
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reinmax_rao_forward_is_exactly_the_hard_sample(cls, dtype):
+    logits = _logits(cls, dtype, extreme=True).requires_grad_()
+    torch.manual_seed(0)
+    x = RAO[cls](1.0, logits=logits, num_samples=3).rsample((500,))
+    torch.manual_seed(0)
+    ref = cls(1.0, logits=logits).rsample((500,))  # the same first noise: the same sample
+    assert x.requires_grad and _is_hard(cls, x) and torch.equal(x.detach(), ref.detach())
+    (g,) = torch.autograd.grad((x * torch.randn_like(x)).sum(), logits)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reinmax_rao_backward_is_the_formula_at_the_conditional_endpoints(cls, dtype):
+    k, tau = 4, 0.7
+    torch.manual_seed(2)
+    logits = _logits(cls, dtype).requires_grad_()
+    temperature = torch.tensor([[1.5], [3.0]], dtype=dtype)
+    d = RAO[cls](temperature, logits=logits, endpoint_temperature=tau, num_samples=k)
+    torch.manual_seed(3)
+    x = d.rsample((20,))
+    weights = torch.randn_like(x)
+    (g,) = torch.autograd.grad((x * weights).sum(), logits)
+    # replay the noise: the sample's, then the K conditional draws given it
+    torch.manual_seed(3)
+    lg = d.logits.detach().expand(x.shape)
+    one_hot = cls is ReinMaxOneHotCategorical
+    u = fn.uniform_like(lg)
+    v = fn.uniform_like(lg, torch.Size((k,)) + x.shape)
+    if one_hot:
+        z = fn.gumbel_conditional_sample(lg, x.detach(), v)
+        endpoints = fn.relax_categorical(z, tau)
+    else:
+        z = fn.logistic_conditional_sample(lg, x.detach(), v)
+        endpoints = fn.relax_bernoulli(z, tau)
+    assert u.shape == x.shape
+    per_draw = E.reinmax_rao_logit_gradient(lg, endpoints, weights, d.temperature, one_hot)
+    torch.testing.assert_close(g, per_draw.sum((0, 1)))
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_reinmax_rao_tends_to_reinmax_as_the_endpoint_sharpens(cls):
+    logits = _logits(cls, torch.float64).requires_grad_()
+    torch.manual_seed(4)
+    x = RAO[cls](1.0, logits=logits, endpoint_temperature=1e-6, num_samples=2).rsample((200,))
+    weights = torch.randn_like(x)
+    (g,) = torch.autograd.grad((x * weights).sum(), logits)
+    torch.manual_seed(4)
+    ref = cls(1.0, logits=logits).rsample((200,))
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
+    torch.testing.assert_close(g, g_ref)
+    torch.manual_seed(4)
+    soft = RAO[cls](1.0, logits=logits, endpoint_temperature=1.0, num_samples=2).rsample((200,))
+    (g_soft,) = torch.autograd.grad((soft * weights).sum(), logits)
+    assert (g_soft - g_ref).abs().max() > 1e-2  # a soft endpoint is another estimator
+
+
+def _per_sample_gradients(make, logits, c, replicates):
+    rep = logits.expand((replicates,) + logits.shape).clone().requires_grad_()
+    (g,) = torch.autograd.grad((make(rep).rsample() * c).sum(), rep)
+    return g
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_reinmax_rao_draws_average_with_the_same_mean_and_less_variance(cls):
+    torch.manual_seed(5)
+    logits = _logits(cls, torch.float64)[:1]
+    c = torch.randn_like(logits)
+    n = NUM_DRAWS // 5
+    one = _per_sample_gradients(
+        lambda lg: RAO[cls](1.0, logits=lg, endpoint_temperature=1.0, num_samples=1), logits, c, n
+    )
+    many = _per_sample_gradients(
+        lambda lg: RAO[cls](1.0, logits=lg, endpoint_temperature=1.0, num_samples=20), logits, c, n
+    )
+    assert_mean_close(one - many, 0.0)
+    assert many.var(0).sum() < 0.9 * one.var(0).sum()
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_reinmax_rao_shapes_options_and_errors(cls):
+    event = () if cls is ReinMaxBernoulli else (3,)
+    d = RAO[cls](torch.full((2, 1), 2.0), logits=torch.zeros((4,) + event), num_samples=3)
+    x = d.rsample((5,))
+    assert x.shape == (5, 2, 4) + event and _is_hard(cls, x)
+    e = d.expand((3, 2, 4))
+    assert type(e) is type(d) and (e.num_samples, e.endpoint_temperature) == (3, 0.1)
+    assert e.rsample().shape == (3, 2, 4) + event
+    logits = _logits(cls, torch.float32)
+    for bad in (0.0, -0.5, torch.tensor(0.5), "1"):
+        with pytest.raises(ValueError, match="endpoint_temperature"):
+            RAO[cls](1.0, logits=logits, endpoint_temperature=bad)
+    with pytest.raises(ValueError, match="num_samples"):
+        RAO[cls](1.0, logits=logits, num_samples=0)
+    with pytest.raises(ValueError, match="temperature"):
+        RAO[cls](0.0, logits=logits)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pyro_discrete.distributions import (
+    DecoupledStraightThroughBernoulli,
+    DecoupledStraightThroughOneHotCategorical,
     GumbelRaoBernoulli,
     GumbelRaoOneHotCategorical,
     StraightThroughBernoulli,
@@ -322,3 +324,56 @@ def test_used_in_a_pyro_model():
     torch.testing.assert_close(
         trace.log_prob_sum(), torch.tensor(-5 * 3 * 0.6931472 - 5 * 1.3862944)
     )
+
+
+# ---------------------------------------------------------------------------------------
+# decoupled straight-through: the tempered law with a straight-through gradient
+# ---------------------------------------------------------------------------------------
+
+DECOUPLED = {
+    StraightThroughBernoulli: DecoupledStraightThroughBernoulli,
+    StraightThroughOneHotCategorical: DecoupledStraightThroughOneHotCategorical,
+}
+
+
+@pytest.mark.parametrize("st_cls", list(DECOUPLED))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("forward_temperature", [1.0, 2.5, 0.4])
+def test_decoupled_is_straight_through_of_the_tempered_law(st_cls, dtype, forward_temperature):
+    cls = DECOUPLED[st_cls]
+    logits = _logits(st_cls, dtype).requires_grad_()
+    weights = torch.randn((30,) + logits.shape, dtype=dtype)
+    torch.manual_seed(11)
+    x = cls(0.6, logits=logits, forward_temperature=forward_temperature).rsample((30,))
+    torch.manual_seed(11)
+    ref = st_cls(0.6, logits=logits / forward_temperature).rsample((30,))
+    assert _is_hard(st_cls, x) and torch.equal(x.detach(), ref.detach())
+    (g,) = torch.autograd.grad((x * weights).sum(), logits)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
+    if forward_temperature == 1.0:  # exactly straight-through, bit for bit
+        assert torch.equal(g, g_ref)
+    torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("st_cls", list(DECOUPLED))
+def test_decoupled_samples_follow_the_tempered_law(st_cls):
+    torch.manual_seed(12)
+    logits = _logits(st_cls, torch.float64)
+    d = DECOUPLED[st_cls](0.5, logits=logits, forward_temperature=2.0)
+    tempered = logits / 2.0
+    expected = torch.sigmoid(tempered) if st_cls in BERNOULLI else torch.softmax(tempered, -1)
+    assert_frequencies(d.rsample((NUM_DRAWS // 4,)).detach(), expected)
+    torch.testing.assert_close(d.probs, expected)
+    x = d.sample((10,))
+    torch.testing.assert_close(d.log_prob(x), st_cls(0.5, logits=tempered).log_prob(x))
+    e = d.expand((3,) + d.batch_shape)
+    assert type(e) is type(d) and e.forward_temperature == 2.0
+    torch.testing.assert_close(e.probs[0], expected)
+    p = DECOUPLED[st_cls](0.5, probs=expected, forward_temperature=2.0)  # probs: tempered too
+    expected_2 = (
+        torch.sigmoid(tempered / 2) if st_cls in BERNOULLI else torch.softmax(tempered / 2, -1)
+    )
+    torch.testing.assert_close(p.probs, expected_2)
+    for bad in (0.0, -1.0, torch.tensor(2.0)):
+        with pytest.raises(ValueError, match="forward_temperature"):
+            DECOUPLED[st_cls](0.5, logits=logits, forward_temperature=bad)

@@ -130,3 +130,103 @@ def test_temperature_broadcasts_over_the_batch():
         row = E.reinmax_logit_gradient(logits[i], hard[i], grad[i], float(tau[i]))
         torch.testing.assert_close(batched[i], row)
     assert batched.sum(-1).abs().max() < 1e-5  # softmax is shift invariant
+
+
+# ---------------------------------------------------------------------------------------
+# ReinMax-CV and ReinMax-Rao (our constructions) and decoupled straight-through
+# ---------------------------------------------------------------------------------------
+
+
+def _enumerated(logits, one_hot):
+    """Every sample value and its probability."""
+    n = logits.shape[-1]
+    if one_hot:
+        values = torch.eye(n, dtype=logits.dtype)
+        return values, torch.softmax(logits, -1)
+    values = torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)), dtype=logits.dtype)
+    theta = torch.sigmoid(logits)
+    return values, (values * theta + (1 - values) * (1 - theta)).prod(-1)
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("tau", [1.0, 2.5, 0.7])
+def test_expected_reinmax_product_is_the_mean_over_the_sample(one_hot, tau):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, generator=g, dtype=torch.float64)
+    c = torch.randn(4, generator=g, dtype=torch.float64)
+    values, probs = _enumerated(logits, one_hot)
+    per_value = E.reinmax_logit_gradient(logits.expand(values.shape), values, c, tau, one_hot)
+    mean = (probs.unsqueeze(-1) * per_value).sum(0)
+    torch.testing.assert_close(E.expected_reinmax_product(logits, c, tau, one_hot), mean)
+    if tau == 1.0:  # ReinMax's trapezoid averages to straight-through's Jacobian
+        if one_hot:
+            pi = torch.softmax(logits, -1)
+            straight = pi * c - pi * (pi * c).sum()
+        else:
+            straight = torch.sigmoid(logits) * torch.sigmoid(-logits) * c
+        torch.testing.assert_close(mean, straight)
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_reinmax_cv_keeps_reinmax_expectation_and_removes_constant_gradients(one_hot, tau):
+    g = torch.Generator().manual_seed(4)
+    n = 4
+    logits = torch.randn(n, generator=g, dtype=torch.float64)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    c = torch.randn(n, generator=g, dtype=torch.float64)
+    baseline = torch.randn(n, generator=g, dtype=torch.float64)
+    values, probs = _enumerated(logits, one_hot)
+    lg = logits.expand(values.shape)
+    grad_f = values @ (a + a.T) + c
+    mean = lambda x: (probs.unsqueeze(-1) * x).sum(0)  # noqa: E731
+    reinmax = E.reinmax_logit_gradient(lg, values, grad_f, tau, one_hot)
+    cv = E.reinmax_cv_logit_gradient(lg, values, grad_f, baseline, tau, one_hot)
+    torch.testing.assert_close(mean(cv), mean(reinmax))
+    assert (cv - reinmax).abs().max() > 1e-2  # the correction is not zero sample by sample
+    # a constant value gradient equal to the baseline: every sample gives the mean exactly
+    constant = E.reinmax_cv_logit_gradient(lg, values, c.expand(values.shape), c, tau, one_hot)
+    torch.testing.assert_close(constant, mean(constant).expand_as(constant))
+    plain = E.reinmax_logit_gradient(lg, values, c.expand(values.shape), tau, one_hot)
+    assert plain.var(0).max() > 1e-3  # which ReinMax alone does not
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+def test_reinmax_rao_with_hard_endpoints_is_reinmax(one_hot):
+    torch.manual_seed(5)
+    logits = torch.randn(6, 4, dtype=torch.float64)
+    if one_hot:
+        hard = F.onehot_argmax(F.gumbel_sample(logits, F.uniform_like(logits)))
+    else:
+        hard = torch.bernoulli(torch.sigmoid(logits))
+    grad = torch.randn(6, 4, dtype=torch.float64)
+    for tau in (1.0, 2.0):
+        torch.testing.assert_close(
+            E.reinmax_rao_logit_gradient(logits, hard.unsqueeze(0), grad, tau, one_hot),
+            E.reinmax_logit_gradient(logits, hard, grad, tau, one_hot),
+        )
+    # K endpoints: the mean of the K single-endpoint estimates (a Rao-Blackwell average)
+    endpoints = torch.rand(3, 6, 4, dtype=torch.float64)
+    each = [E.reinmax_rao_logit_gradient(logits, e[None], grad, 1.5, one_hot) for e in endpoints]
+    torch.testing.assert_close(
+        E.reinmax_rao_logit_gradient(logits, endpoints, grad, 1.5, one_hot),
+        torch.stack(each).mean(0),
+    )
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("tau_f,tau_b", [(1.0, 0.5), (2.0, 0.7)])
+def test_decoupled_st_gradient_is_the_tempered_relaxation_gradient(one_hot, tau_f, tau_b):
+    torch.manual_seed(6)
+    logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    u = F.uniform_like(logits.detach())
+    grad = torch.randn(5, 3, dtype=torch.float64)
+    if one_hot:
+        noise = -torch.log(-torch.log(u))
+        soft = torch.softmax((logits / tau_f + noise) / tau_b, -1)
+    else:
+        noise = torch.log(u) - torch.log1p(-u)
+        soft = torch.sigmoid((logits / tau_f + noise) / tau_b)
+    (autograd,) = torch.autograd.grad((soft * grad).sum(), logits)
+    closed = E.decoupled_st_logit_gradient(logits.detach(), noise, grad, tau_f, tau_b, one_hot)
+    torch.testing.assert_close(closed, autograd)

@@ -173,6 +173,8 @@ INEXACT: dict[str, str] = {
     "gumbel": "biased: the gradient of a relaxed objective (Jang et al. 2017)",
     "st": "biased: straight-through (Bengio et al. 2013)",
     "gumbel_rao": "biased: Rao-Blackwellised straight-through (Paulus et al. 2021)",
+    "decoupled_st": "biased: straight-through of the tempered law (Shah et al. 2024)",
+    "reinmax_rao": "biased: ReinMax with relaxed Heun midpoints (our construction)",
     "vimco": "optimises the K-sample bound, whose gradient is not the ELBO's",
 }
 
