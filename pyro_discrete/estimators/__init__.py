@@ -10,6 +10,13 @@ from pyro_discrete.estimators.arm import (
     disarm_logit_gradient,
 )
 from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
+from pyro_discrete.estimators.indecater import (
+    indecater_changed_indices,
+    indecater_gradient,
+    indecater_logit_gradient,
+    indecater_surrogate,
+    indecater_value_table,
+)
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
@@ -38,6 +45,11 @@ __all__ = [
     "gibbs_stein",
     "gibbs_stein_score",
     "gradient_variance_loss",
+    "indecater_changed_indices",
+    "indecater_gradient",
+    "indecater_logit_gradient",
+    "indecater_surrogate",
+    "indecater_value_table",
     "leave_one_out_mean",
     "leave_one_out_signal",
     "logit_score",
