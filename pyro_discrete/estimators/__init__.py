@@ -11,6 +11,13 @@ from pyro_discrete.estimators.arm import (
 )
 from pyro_discrete.estimators.decoupled_st import decoupled_st_logit_gradient
 from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
+from pyro_discrete.estimators.indecater import (
+    indecater_changed_indices,
+    indecater_gradient,
+    indecater_logit_gradient,
+    indecater_surrogate,
+    indecater_value_table,
+)
 from pyro_discrete.estimators.lax import lax_parameter_gradients
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
@@ -49,6 +56,11 @@ __all__ = [
     "gradient_variance_loss",
     "lax_parameter_gradients",
     "heun_midpoints",
+    "indecater_changed_indices",
+    "indecater_gradient",
+    "indecater_logit_gradient",
+    "indecater_surrogate",
+    "indecater_value_table",
     "leave_one_out_mean",
     "leave_one_out_signal",
     "logit_score",
