@@ -353,7 +353,8 @@ class CompiledSVI:
         the last check was not finite (those steps changed nothing). A host sync."""
         unchecked, self._unchecked = self._unchecked, None
         if unchecked is not None and not bool(unchecked):
-            raise NonFiniteLossError(self._non_finite_message((), {}, "a step since the last check"))
+            message = self._non_finite_message((), {}, "a step since the last check")
+            raise NonFiniteLossError(message)
 
     # -- after a program ran -----------------------------------------------------------------
 
@@ -454,7 +455,8 @@ class CompiledSVI:
         self.num_traces += 1
         if program is not None and unchanged():
             # the eager step and the traced one must agree before anything is replayed
-            difference = structure_difference(self.cache.seen.get(key, program.sites), program.sites)
+            eager_sites = self.cache.seen.get(key, program.sites)
+            difference = structure_difference(eager_sites, program.sites)
             if difference is not None:
                 self._structure_changed(key, difference)
             else:

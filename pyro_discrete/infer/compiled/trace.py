@@ -82,8 +82,8 @@ def _sequential_plate_iter(self) -> Iterator[int]:
     """
     if self._vectorized is True or self.dim is not None:
         raise ValueError(
-            "cannot use plate {} as both vectorized and non-vectorized"
-            "independence context".format(self.name)
+            f"cannot use plate {self.name} as both vectorized and non-vectorized"
+            "independence context"
         )
     size = getattr(self, "size", None)
     subsample_size = getattr(self, "subsample_size", size)

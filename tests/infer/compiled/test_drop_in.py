@@ -245,9 +245,7 @@ def test_replaced_optimizer_is_used():
     _compare(_model, _guide, _adam, [((X,), {})] * 4 + [replace] + [((X,), {})] * 4)
 
 
-@pytest.mark.parametrize(
-    "change", [{"betas": (0.5, 0.6)}, {"eps": 0.5}, {"weight_decay": 0.7}]
-)
+@pytest.mark.parametrize("change", [{"betas": (0.5, 0.6)}, {"eps": 0.5}, {"weight_decay": 0.7}])
 def test_changed_optimizer_hyper_parameters_are_used(change):
     def edit(svi):
         for torch_optim in svi.optim.optim_objs.values():
