@@ -61,6 +61,8 @@ from pyro_discrete.infer.elbo import NonFiniteLossError
 from pyro_discrete.infer.shared_noise import is_compiling
 
 BACKENDS = ("auto", "trace", "trace+inductor", "cuda_graph")
+#: devices whose finiteness flag is read at every step (no device to wait for)
+HOST_CHECKED_DEVICES = ("cpu",)
 
 
 class StepResult(NamedTuple):
@@ -359,7 +361,7 @@ class CompiledSVI:
     # -- after a program ran -----------------------------------------------------------------
 
     def _finish(self, loss, finite, params, grads, args, kwargs) -> Tensor:
-        if grads or finite.device.type == "cpu":
+        if grads or finite.device.type in HOST_CHECKED_DEVICES:
             # a CPU flag is read at no cost; an eager optimizer must know before stepping
             if not bool(finite):
                 raise NonFiniteLossError(self._non_finite_message(args, kwargs, "this step"))

@@ -363,3 +363,27 @@ def test_checks_can_be_switched_off_explicitly():
     for _ in range(4):
         svi.step(X)
     assert svi.num_traces == 1
+
+
+def test_on_a_device_the_non_finite_step_raises_when_the_loss_is_read(monkeypatch):
+    """The CUDA path (flags checked lazily), exercised on the CPU: nothing is updated by
+    the bad step, and reading its loss, or a later one, raises."""
+    from pyro_discrete.infer.compiled import svi as svi_module
+
+    monkeypatch.setattr(svi_module, "HOST_CHECKED_DEVICES", ())
+    bad = X.clone()
+    bad[1] = float("inf")
+    svi = CompiledSVI(_model, _guide, _adam(), DiscreteELBO(max_plate_nesting=1), "trace")
+    for _ in range(3):
+        svi.step(X)
+    before = _store()
+    svi.step(bad)  # no error yet: nothing was read
+    _assert_same([before], [_store()])
+    loss = svi.step(X)
+    with pytest.raises(NonFiniteLossError, match="a step since the last check"):
+        float(loss)
+    float(svi.step(X))  # checked: fine again
+    svi.step(bad)
+    with pytest.raises(NonFiniteLossError):
+        svi.check_finite()
+    svi.check_finite()  # the flag was consumed
