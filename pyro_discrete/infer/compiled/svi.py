@@ -53,6 +53,7 @@ from pyro_discrete.infer.compiled.trace import (
     SiteRecorder,
     TracedProgram,
     hidden_constants,
+    module_attributes,
     recording_modules,
     refuse_hidden_constants,
     trace,
@@ -319,8 +320,8 @@ class CompiledSVI:
             self.tensor_optim.refresh()
             self.cache.clear()
             program = None
-        if program is not None and program.modes != tuple(m.training for m in program.modules):
-            self.cache.drop(key)  # a module switched train/eval: record this one again
+        if program is not None and not self._same_modules(program):
+            self.cache.drop(key)  # a module switched train/eval or a buffer was replaced
             program = None
         if program is None:
             if key in self.cache.eager or key not in self.cache.seen:
@@ -409,6 +410,13 @@ class CompiledSVI:
             for t, value in zip(state, saved, strict=True):
                 t.copy_(value)
 
+    @staticmethod
+    def _same_modules(program) -> bool:
+        if program.modes != tuple(m.training for m in program.modules):
+            return False
+        attributes = getattr(program, "attributes", ())
+        return all(getattr(m, name, None) is t for m, name, t in attributes)
+
     def _guard(self) -> tuple:
         store = pyro.get_param_store()._params
         optim = self.tensor_optim
@@ -482,12 +490,17 @@ class CompiledSVI:
         allowed = {id(t) for t in state}
         for module in result.modules:
             allowed.update(id(t) for t in module.parameters())
-            allowed.update(id(t) for t in module.buffers())
         constants = hidden_constants(graph_module, allowed)
+        # buffers and tensor attributes of the model's modules are guarded: a replay
+        # checks that each is still the same tensor, else the step is recorded again
+        owned = module_attributes((self.model, self.guide), result.modules)
+        guarded = [(*owned[id(t)], t) for t in constants if id(t) in owned]
+        constants = [t for t in constants if id(t) not in owned]
         if constants:
             refuse_hidden_constants(constants, lambda: self._run_step(args, kwargs), backend)
         params = result.params if result.grads else []
         program = TracedProgram(graph_module, state, params, result.sites, result.modules)
+        program.attributes = guarded
         if backend == "trace+inductor":
             program.run_graph = torch.compile(graph_module, backend="inductor", dynamic=False)
         if result.grads and bool(result.finite):

@@ -236,8 +236,46 @@ class TracedProgram:
         self.modes = tuple(m.training for m in modules)
         self.calls = 0
         self.guard: tuple = ()
+        #: (module, name, tensor): module buffers and tensor attributes the graph holds
+        self.attributes: list[tuple] = []
 
     def run(self, tensors: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         with torch.no_grad():
             loss, finite, *grads = self.run_graph(*self.state, *tensors)
         return loss, finite, grads
+
+
+def _modules_near(function) -> list[torch.nn.Module]:
+    """Modules the model or guide can reach directly: its ``self``, closure variables,
+    globals it names and default arguments, and modules held one attribute deeper."""
+    found: list = []
+    objects: list = [getattr(function, "__self__", None)]
+    code = getattr(function, "__code__", None)
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            objects.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    if code is not None:
+        names = getattr(function, "__globals__", {})
+        objects += [names[n] for n in code.co_names if n in names]
+    objects += list(getattr(function, "__defaults__", None) or ())
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            found.append(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            found += [v for v in vars(obj).values() if isinstance(v, torch.nn.Module)]
+    return found
+
+
+def module_attributes(functions, modules) -> dict[int, tuple]:
+    """``{id(tensor): (module, name)}`` for every buffer and plain tensor attribute of the
+    modules near ``functions`` and of ``modules`` (with their submodules)."""
+    out: dict[int, tuple] = {}
+    roots = [m for f in functions for m in _modules_near(f)] + list(modules)
+    for root in roots:
+        for module in root.modules():
+            for name, value in [*module._buffers.items(), *vars(module).items()]:
+                if isinstance(value, Tensor) and not isinstance(value, torch.nn.Parameter):
+                    out.setdefault(id(value), (module, name))
+    return out

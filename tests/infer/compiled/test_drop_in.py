@@ -387,3 +387,38 @@ def test_on_a_device_the_non_finite_step_raises_when_the_loss_is_read(monkeypatc
     with pytest.raises(NonFiniteLossError):
         svi.check_finite()
     svi.check_finite()  # the flag was consumed
+
+
+class _CentredModel(nn.Module):
+    """Data centred by a buffer, and a shift kept as a plain tensor attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("centre", torch.tensor(0.5, dtype=torch.float64))
+        self.shift = torch.tensor(0.0, dtype=torch.float64)
+
+    def model(self, x):
+        _model(x - self.centre + self.shift)
+
+    def guide(self, x):
+        _guide(x - self.centre + self.shift)
+
+
+def test_replaced_module_buffer_and_attribute_are_honoured():
+    """Tensors the model's module holds are guarded: replacing one records the step again."""
+    net = _CentredModel()
+
+    def reset(svi):
+        net.centre = torch.tensor(0.5, dtype=torch.float64)
+        net.shift = torch.tensor(0.0, dtype=torch.float64)
+
+    def replace_buffer(svi):
+        net.centre = torch.tensor(-3.0, dtype=torch.float64)
+
+    def replace_attribute(svi):
+        net.shift = torch.tensor(7.0, dtype=torch.float64)
+
+    step = ((X,), {})
+    steps = [reset, *[step] * 4, replace_buffer, *[step] * 3, replace_attribute, *[step] * 3]
+    svi = _compare(net.model, net.guide, _adam, steps)
+    assert svi.num_traces == 3
