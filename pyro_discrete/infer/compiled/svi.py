@@ -268,10 +268,13 @@ class CompiledSVI:
             grads = [None] * len(params)
         grads = self.tensor_optim.gradients_as_pyro_svi(params, grads)
         loss = loss.detach() if torch.is_tensor(loss) else torch.as_tensor(loss)
-        finite = torch.isfinite(loss).all()
+        # one pass per gradient: a sum is NaN or inf iff an element is (accumulated in
+        # float64, so that finite float32 gradients cannot overflow it)
+        total = loss.sum(dtype=torch.float64)
         for g in grads:
             if g is not None:
-                finite = finite & torch.isfinite(g).all()
+                total = total + g.sum(dtype=torch.float64)
+        finite = torch.isfinite(total)
         if not is_compiling() and not bool(finite):
             raise NonFiniteLossError(self._non_finite_message(args, kwargs, "this step"))
         if self.tensor_optim.traceable:
@@ -290,7 +293,7 @@ class CompiledSVI:
         with torch.no_grad():
             for t, old, version in zip(state, saved, versions, strict=True):
                 if t._version != version:
-                    t.copy_(torch.where(result.finite, t, old))
+                    torch.where(result.finite, t, old, out=t)
         return result
 
     def _eager_step(self, args: tuple, kwargs: dict) -> tuple[Tensor, dict]:
