@@ -23,6 +23,8 @@ test what they are about; :func:`test_pyro_elbo_arguments_are_accepted` pins ite
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import re
 import warnings
@@ -1527,3 +1529,76 @@ def test_subsample_gradient_bernoulli(est, subsample):
     exact = torch.cat([grad_loc, grad_shift.reshape(1)])
     mean, stderr = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
     assert ((mean - exact).abs() <= 5 * stderr + 1e-6).all(), (mean, exact, stderr)
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled column: test_valid_models.py's cases with sequential plates, CompiledSVI
+# ---------------------------------------------------------------------------------------
+
+#: case -> parametrisations that run ``assert_ok`` (the 17 sequential-plate cases)
+SEQUENTIAL_PLATE_CASES: dict[str, list[dict]] = {
+    "test_iplate_ok": [{"subsample_size": None}, {"subsample_size": 2}],
+    "test_iplate_iplate_ok": [
+        {"subsample_size": s, "max_plate_nesting": m} for s in (None, 2) for m in (0, math.inf)
+    ],
+    "test_iplate_iplate_swap_ok": [
+        {"subsample_size": s, "max_plate_nesting": m} for s in (None, 2) for m in (0, math.inf)
+    ],
+    "test_iplate_in_model_not_guide_ok": [{"subsample_size": None}, {"subsample_size": 5}],
+    "test_iplate_in_guide_not_model_error": [
+        {"subsample_size": s, "is_validate": False} for s in (None, 5)
+    ],
+    "test_plate_iplate_ok": [{}],
+    "test_iplate_plate_ok": [{}],
+    "test_three_indep_plate_at_different_depths_ok": [{}],
+}
+#: cases whose sequential plate is always subsampled
+_SUBSAMPLED_SEQUENTIAL = {"test_plate_iplate_ok", "test_iplate_plate_ok"}
+#: estimators whose step cannot be recorded, and why (refused with CompileError)
+COMPILED_REFUSALS = {
+    "unordered_set": "its adapter decides on the host whether particles share a distribution",
+}
+
+
+def assert_compiled_ok(model, guide, elbo, refused: bool, steps: int = 5, **kwargs):
+    """``steps`` steps of ``CompiledSVI`` give the parameters of as many eager ``SVI`` steps
+    from the same seed; a subsampled sequential plate is refused naming the plate."""
+    from pyro_discrete.infer import CompiledSVI, CompileError
+
+    stores = []
+    for compiled in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        options = {"backend": "trace"} if compiled else {}
+        svi_class = CompiledSVI if compiled else SVI
+        svi = svi_class(model, guide, Adam({"lr": 0.05}), copy.deepcopy(elbo), **options)
+        if compiled and (refused or elbo.estimator.name in COMPILED_REFUSALS):
+            svi.step(**kwargs)
+            reasons = [r"sequential plate '\w+'.*subsample"] if refused else []
+            if elbo.estimator.name in COMPILED_REFUSALS:  # whichever the step meets first
+                reasons.append("reads a tensor's value on the host")
+            match = "|".join(reasons)
+            with pytest.raises(CompileError, match=match):
+                svi.step(**kwargs)
+            return
+        for _ in range(steps):
+            svi.step(**kwargs)
+        stores.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+    assert svi.num_traces == 1
+    eager, replayed = stores
+    assert set(eager) == set(replayed)
+    for name, value in eager.items():
+        assert torch.allclose(value, replayed[name], rtol=1e-6, atol=1e-9), name
+
+
+@pytest.mark.parametrize(
+    "case,options",
+    [(case, options) for case, variants in SEQUENTIAL_PLATE_CASES.items() for options in variants],
+    ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={w}" for k, w in v.items()),
+)
+@pytest.mark.parametrize("est", ESTIMATORS)
+def test_sequential_plates_compiled(est, case, options, monkeypatch):
+    refused = case in _SUBSAMPLED_SEQUENTIAL or options.get("subsample_size") is not None
+    compiled_ok = functools.partial(assert_compiled_ok, refused=refused)
+    monkeypatch.setitem(globals(), "assert_ok", compiled_ok)
+    globals()[case](est=est, **options)

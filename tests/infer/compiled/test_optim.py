@@ -6,7 +6,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_discrete.infer.compiled_optim import TensorOptimizer
+from pyro_discrete.infer.compiled.optim import TensorOptimizer
 from pyro_discrete.optim import MultiTensorAdam
 
 OPTIMIZERS = {

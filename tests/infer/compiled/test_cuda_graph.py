@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyro_discrete.infer import cuda_graph
-from pyro_discrete.infer.cuda_graph import CaptureError, CpuStateGuard, StagedConstants
+from pyro_discrete.infer.compiled import cuda_graph
+from pyro_discrete.infer.compiled.cuda_graph import CaptureError, CpuStateGuard, StagedConstants
 
 
 def test_cpu_random_draw_is_refused():

@@ -263,7 +263,7 @@ def test_value_dependent_control_flow_is_refused_naming_the_line():
     svi.step(x)  # first sight: eager
     before = pyro.param("logit").detach().clone()
     with pytest.raises(
-        CompileError, match=r"test_compiled\.py:\d+: `scale = 2.0 if z.sum\(\) > 1 else 1.0"
+        CompileError, match=r"test_svi\.py:\d+: `scale = 2.0 if z.sum\(\) > 1 else 1.0"
     ):
         svi.step(x)
     assert torch.equal(pyro.param("logit").detach(), before)  # the failed trace left no trace

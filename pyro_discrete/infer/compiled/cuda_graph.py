@@ -23,11 +23,11 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pyro_discrete.infer.compiled.errors import CaptureError
+from pyro_discrete.infer.compiled.inputs import count_tensors, rebuild
+from pyro_discrete.infer.compiled.trace import traceable
+
 _FACTORIES = (torch.tensor, torch.as_tensor, torch.asarray)
-
-
-class CaptureError(RuntimeError):
-    """Something in the step that one CUDA graph would freeze; the message says the fix."""
 
 
 def _target_is_cuda(kwargs: dict) -> bool:
@@ -105,37 +105,38 @@ class CpuStateGuard(TorchDispatchMode):
 class CudaGraphProgram:
     """A captured step: static inputs, the graph, static outputs."""
 
-    def __init__(self, graph, static_inputs, loss, params, grads, sites):
+    def __init__(self, graph, static_inputs, result):
         self.graph = graph
         self.static_inputs = static_inputs
-        self.static_loss = loss
-        self.params = params
-        self.static_grads = grads
-        self.sites = sites
+        self.static_loss = result.loss
+        self.static_finite = result.finite
+        self.params = result.params if result.grads else []
+        self.static_grads = result.grads
+        self.sites = result.sites
+        self.modules = result.modules
+        self.modes = tuple(m.training for m in result.modules)
         self.calls = 0
-        self.store_ids: tuple = ()
-        self.optim_version = -1
+        self.guard: tuple = ()
 
-    def run(self, tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def run(self, tensors: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         with torch.no_grad():
             for static, tensor in zip(self.static_inputs, tensors, strict=True):
                 static.copy_(tensor, non_blocking=True)
         self.graph.replay()
-        return self.static_loss.clone(), list(self.static_grads)
+        grads = [g.clone() for g in self.static_grads]
+        return self.static_loss.clone(), self.static_finite.clone(), grads
 
 
 def capture_step(
-    svi, state: list[Tensor], tensors: list[Tensor], args, kwargs, traceable, unchanged
-) -> tuple[CudaGraphProgram | None, Tensor]:
+    svi, state: list[Tensor], tensors: list[Tensor], args, kwargs, unchanged
+) -> tuple[CudaGraphProgram | None, Tensor, Tensor]:
     """Warm up, capture and replay once: ``(program, loss of this step)``.
 
     The warm-up step runs on a side stream (as torch's capture recipe requires) and its
     effects on parameters and optimizer state are undone, so that the call performs
     exactly one step: the first replay. If the warm-up created parameters or optimizer
-    state (``unchanged()`` is false), it was this call's step: ``(None, its loss)``.
+    state (``unchanged()`` is false), it was this call's step: ``(None, its loss, finite)``.
     """
-    from pyro_discrete.infer.compiled import _rebuild
-
     device = next((t.device for t in state if t.is_cuda), None)
     if device is None:
         raise CaptureError("backend 'cuda_graph' needs the parameters on a CUDA device")
@@ -146,19 +147,19 @@ def capture_step(
                 "backend 'cuda_graph' needs the data on the GPU (x.to('cuda'))"
             )
     static_inputs = [t.detach().clone() for t in tensors]
-    static_args = _rebuild(args, iter(static_inputs))
-    static_kwargs = _rebuild(kwargs, iter(static_inputs[_count(args) :]))
+    static_args = rebuild(args, iter(static_inputs))
+    static_kwargs = rebuild(kwargs, iter(static_inputs[count_tensors(args) :]))
     saved = [t.detach().clone() for t in state]
     staged: list = []
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side), traceable(), StagedConstants(staged, capturing=False):
-        warm_loss, params, grads, _ = svi._run_step(static_args, static_kwargs)
+        warm = svi._gated_step(state, static_args, static_kwargs)
     torch.cuda.current_stream(device).wait_stream(side)
     if not unchanged():
-        if grads:
-            svi.tensor_optim.eager_update(params, grads)
-        return None, warm_loss
+        if warm.grads and bool(warm.finite):
+            svi.tensor_optim.eager_update(warm.params, warm.grads)
+        return None, warm.loss, warm.finite
     with torch.no_grad():
         for t, value in zip(state, saved, strict=True):
             t.copy_(value)
@@ -166,22 +167,12 @@ def capture_step(
     graph = torch.cuda.CUDAGraph()
     with traceable(), StagedConstants(staged, capturing=True), CpuStateGuard(state):
         with torch.cuda.graph(graph):
-            loss, params, grads, sites = svi._run_step(static_args, static_kwargs)
-    program = CudaGraphProgram(graph, static_inputs, loss, params if grads else [], grads, sites)
-    loss, grads = program.run(tensors)
-    if grads:
+            result = svi._gated_step(state, static_args, static_kwargs)
+    program = CudaGraphProgram(graph, static_inputs, result)
+    loss, finite, grads = program.run(tensors)
+    if grads and bool(finite):
         svi.tensor_optim.eager_update(program.params, grads)
-    return program, loss
-
-
-def _count(obj) -> int:
-    if isinstance(obj, Tensor):
-        return 1
-    if isinstance(obj, (tuple, list)):
-        return sum(_count(x) for x in obj)
-    if isinstance(obj, dict):
-        return sum(_count(x) for x in obj.values())
-    return 0
+    return program, loss, finite
 
 
 __all__ = ["CaptureError", "CpuStateGuard", "CudaGraphProgram", "StagedConstants", "capture_step"]

@@ -28,6 +28,7 @@ g^2`, :math:`\theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import pyro
@@ -92,6 +93,11 @@ class TensorOptimizer:
         self.version = 0
         #: False once some parameter's optimizer has no tensor rule
         self.traceable = True
+        #: parameters that have had a gradient: as in pyro.infer.SVI, whose zero_grads
+        #: leaves a zero ``.grad`` behind, they are stepped (by their momentum) on later
+        #: steps that give them no gradient
+        #: (by id, with a weak reference: tensors compare by value, not identity)
+        self.had_gradient: dict[int, weakref.ref] = {}
 
     # -- state -----------------------------------------------------------------------
 
@@ -161,6 +167,49 @@ class TensorOptimizer:
                 state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
         if group.get("amsgrad") and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def hyper_parameters(self) -> tuple:
+        """Every option of every param group but the learning rate (an input of the
+        program): a program is replayed only while these are unchanged."""
+        return tuple(
+            tuple(
+                (k, tuple(v) if isinstance(v, list) else v)
+                for k, v in group.items()
+                if k not in ("params", "lr")
+            )
+            for group in self.groups
+        )
+
+    def refresh(self) -> None:
+        """Re-read each parameter's rule and create the state its options now need
+        (after a param group's options changed)."""
+        self.traceable = True
+        for slot in self.slots.values():
+            torch_optim, _ = self._torch_optimizer(slot.param)
+            rule = _rule(torch_optim, slot.group)
+            if rule is None:
+                self.traceable = False
+            else:
+                self._init_state(rule, slot.group, slot.state, slot.param)
+            slot.rule = rule or ""
+            self._group_rules[slot.lr_index] = slot.rule
+        self.version += 1
+
+    def gradients_as_pyro_svi(self, params: list[Tensor], grads: list) -> list:
+        """``grads`` with zeros for parameters that had a gradient before and have none
+        now (``pyro.infer.SVI`` steps them), remembering those that get one."""
+        out = []
+        for param, grad in zip(params, grads, strict=True):
+            ref = self.had_gradient.get(id(param))
+            seen = ref is not None and ref() is param
+            if grad is None:
+                if seen:
+                    grad = torch.zeros_like(param)
+            elif not seen:
+                self.had_gradient[id(param)] = weakref.ref(param)
+                self.version += 1  # programs recorded before decided without it
+            out.append(grad)
+        return out
 
     def state_tensors(self) -> list[Tensor]:
         """Every tensor the updates read or write (program inputs), learning rates first."""
