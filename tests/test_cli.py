@@ -274,7 +274,7 @@ def test_failed_compare_leaves_nothing_behind(capsys, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(cli, "_write_report", boom)
+    monkeypatch.setattr(cli.compare.report, "write_report", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main([*COMPARE, "--estimators", "reinforce", "--out", str(tmp_path / "cmp")])
     assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 
 from pyro_discrete.infer import ESTIMATORS
 
+from . import report
 from .budget import BudgetClock, Costs, calibrate
 from .compiling import StepChoice, choose_step
 from .errors import CLIError
@@ -49,9 +49,10 @@ from .measure import (
     iw_bound,
     variance_at,
 )
+from .options import CompareOptions
 from .schedule import Schedule, plan_training, rounds_for
 from .stats import LoadMonitor, quantile
-from .tasks import Task, check_model_name, make_device, make_task
+from .tasks import Task, data_for, make_device, make_task
 from .training import RunState, advance, new_run, progress_bar
 
 __all__ = [
@@ -525,21 +526,18 @@ def run_compare(
     cmp.train(schedule, progress)
     cmp.finish()
     cmp.outcome.schedule_total = schedule.total
-    # looked up through the package so that a caller (or a test) can replace the writer
-    from pyro_discrete import cli
-
-    cli._write_report(out, cmp.outcome, clock)
+    report.write_report(out, cmp.outcome, clock)
     return out / "report.md"
 
 
-def compare_settings(args: argparse.Namespace, estimators: Sequence[str]) -> CompareSettings:
+def compare_settings(args: argparse.Namespace) -> CompareSettings:
     """:class:`CompareSettings` from the parsed options; :raises CLIError: on bad values."""
+    estimators = estimator_list(args.estimators)
     reference = args.reference or ("rebar" if "rebar" in estimators else estimators[0])
     if reference not in estimators:
         raise CLIError(
             f"--reference {reference} is not among --estimators ({', '.join(estimators)})"
         )
-    check_model_name(args.model)
     if args.equal == "time" and args.time_budget is None:
         raise CLIError(
             "--equal time needs --time-budget: the training time per run is what the budget "
@@ -565,7 +563,7 @@ def compare_settings(args: argparse.Namespace, estimators: Sequence[str]) -> Com
         lr=args.lr,
         cv_lr_factor=args.cv_lr_factor,
         seed=args.seed,
-        data=args.data or "mnist",
+        data=data_for(args.model, args.data),
         binarization=args.binarization,
         device=args.device,
         reference=reference,
@@ -631,16 +629,15 @@ def compare_into(
     return out / "report.md"
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(options: CompareOptions) -> int:
     """Compare ``--estimators`` and write the report into ``--out``."""
-    settings = compare_settings(args, estimator_list(args.estimators))
-    report = compare_into(
-        Path(args.out),
-        args.overwrite,
-        settings,
-        not args.no_progress,
-        getattr(args, "started", None),
-        getattr(args, "as_process", False),
+    written = compare_into(
+        options.out,
+        options.overwrite,
+        options.settings,
+        options.progress,
+        options.started,
+        options.as_process,
     )
-    print(f"report written to {report}")
+    print(f"report written to {written}")
     return 0

@@ -7,15 +7,17 @@ Options that several subcommands share are declared once, in parent parsers
 from __future__ import annotations
 
 import argparse
+import math
 
 from pyro_discrete.infer import ESTIMATORS
-from pyro_discrete.models import MODELS
+from pyro_discrete.models import MODEL_SPECS
 
 from .compare import cmd_compare
 from .compiling import COMPILE_BACKENDS, COMPILE_MODES
 from .demo import DEMO_ESTIMATORS, cmd_demo
 from .evaluate import cmd_evaluate
 from .fit import cmd_fit
+from .options import FIT_DEFAULTS, CompareOptions, EvaluateOptions, FitOptions
 
 __all__ = ["build_parser"]
 
@@ -40,22 +42,39 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
-class _Recorded(argparse.Action):
-    """Stores the value and notes the option in ``namespace.given``.
-
-    ``fit --resume`` refuses training options that differ from the run's, and only options
-    given on the command line can differ (the others take the run's values).
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.given = {*getattr(namespace, "given", ()), self.dest}
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+#: seeds reach numpy's generator, which takes 0 to 2**32 - 1; comparisons add offsets
+_MAX_SEED = 2**31 - 1
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= _MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {_MAX_SEED}, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """A finite number above 0 (``nan``, ``inf`` and ``1e400``, which is ``inf``, are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
 
@@ -64,21 +83,19 @@ def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--model",
-        action=_Recorded,
-        default=model_default,
-        help=f"one of: {', '.join(sorted(MODELS))}",
+                default=model_default,
+        help=f"one of: {', '.join(MODEL_SPECS)}",
     )
     p.add_argument(
         "--data",
-        action=_Recorded,
-        default=None,
-        choices=["mnist", "fashion_mnist"],
-        help="data for the VAEs (default mnist; the mixture of experts always uses synthetic data)",
+                default=None,
+        choices=sorted({data for spec in MODEL_SPECS.values() for data in spec.data}),
+        help="data set (default: the model's first): "
+        + "; ".join(f"{spec.name}: {', '.join(spec.data)}" for spec in MODEL_SPECS.values()),
     )
     p.add_argument(
         "--binarization",
-        action=_Recorded,
-        default="static",
+                default="static",
         choices=["static", "dynamic"],
         help="one fixed Bernoulli draw of the images, or a fresh one per batch",
     )
@@ -99,8 +116,7 @@ def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        action=_Recorded,
-        type=int,
+        type=_seed,
         default=0,
         help="seed of the initialisation, data order and binarisation",
     )
@@ -116,16 +132,13 @@ def _optimisation_options() -> argparse.ArgumentParser:
     ``set_defaults`` (``demo``'s own learning rate) would change them for every subcommand.
     """
     p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--batch-size", type=_positive_int, default=24, help="minibatch size")
     p.add_argument(
-        "--batch-size", action=_Recorded, type=_positive_int, default=24, help="minibatch size"
-    )
-    p.add_argument(
-        "--lr", action=_Recorded, type=float, default=3e-4, help="Adam learning rate of the model"
+        "--lr", type=_positive_float, default=3e-4, help="Adam learning rate of the model"
     )
     p.add_argument(
         "--cv-lr-factor",
-        action=_Recorded,
-        type=float,
+        type=_positive_float,
         default=10.0,
         help="control-variate learning rate as a multiple of --lr",
     )
@@ -142,13 +155,13 @@ def _add_fit(sub) -> None:
         "steps, and --resume continues a run exactly.",
     )
     fit.add_argument(
-        "--estimator", action=_Recorded, default=None, help=f"one of: {', '.join(ESTIMATORS)}"
+        "--estimator", default=None, help=f"one of: {', '.join(ESTIMATORS)}"
     )
     fit.add_argument(
         "--steps",
         type=_positive_int,
         default=None,
-        help="total training steps (default 1000, or the run's own on --resume)",
+        help="total training steps",
     )
     fit.add_argument("--out", required=True, help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -179,7 +192,15 @@ def _add_fit(sub) -> None:
         default=None,
         help="train through Lightning's Trainer (implied by --devices or --num-nodes > 1)",
     )
-    fit.set_defaults(func=cmd_fit)
+    # the training options of fit default to None, "not given": a new run takes
+    # FIT_DEFAULTS, a resumed run its own values (and refuses a given one that differs)
+    for action in fit._actions:
+        if action.dest in FIT_DEFAULTS:
+            shown = "the model's first" if action.dest == "data" else FIT_DEFAULTS[action.dest]
+            action.help = f"{action.help} (default {shown}, or the run's own on --resume)"
+    fit.set_defaults(
+        func=cmd_fit, make_options=FitOptions.from_namespace, **dict.fromkeys(FIT_DEFAULTS)
+    )
 
 
 def _comparison_options(
@@ -200,7 +221,7 @@ def _comparison_options(
     )
     p.add_argument(
         "--time-budget",
-        type=float,
+        type=_positive_float,
         default=budget,
         help="seconds of wall time for the whole command, evaluations and report included, "
         "from its start: a short calibration times steps and measurements, the rest is "
@@ -253,7 +274,7 @@ def _comparison_options(
     )
     p.add_argument(
         "--iw-samples",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="also report a K-sample importance-weighted bound on validation examples (0: skip)",
     )
@@ -277,7 +298,7 @@ def _add_compare_and_demo(sub) -> None:
         "report.md, results.csv and PNG plots to --out.",
     )
     _comparison_options(compare, 2000, None, None)
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=cmd_compare, make_options=CompareOptions.from_namespace)
 
     demo = sub.add_parser(
         "demo",
@@ -290,7 +311,13 @@ def _add_compare_and_demo(sub) -> None:
         "steps as --time-budget allows.",
     )
     _comparison_options(demo, 20000, "runs/demo", 480.0)
-    demo.set_defaults(func=cmd_demo, lr=1e-3, iw_samples=100, eval_examples=1000)
+    demo.set_defaults(
+        func=cmd_demo,
+        make_options=CompareOptions.from_namespace,
+        lr=1e-3,
+        iw_samples=100,
+        eval_examples=1000,
+    )
 
 
 def _add_evaluate(sub) -> None:
@@ -317,7 +344,7 @@ def _add_evaluate(sub) -> None:
     )
     evaluate.add_argument("--model", default=None, help="assert the checkpoint's model")
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    evaluate.add_argument("--seed", type=_seed, default=0, help="seed of the importance samples")
     evaluate.add_argument("--json", default=None, help="also write the bounds to this file")
     evaluate.add_argument(
         "--threads",
@@ -326,7 +353,7 @@ def _add_evaluate(sub) -> None:
         help="torch intra-op threads (default: torch's choice; evaluation "
         "batches are large enough to gain from several)",
     )
-    evaluate.set_defaults(func=cmd_evaluate)
+    evaluate.set_defaults(func=cmd_evaluate, make_options=EvaluateOptions.from_namespace)
 
 
 def build_parser() -> argparse.ArgumentParser:

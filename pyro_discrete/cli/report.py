@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyro_discrete._io import atomic_write_text
+from pyro_discrete.models import MODEL_SPECS
 
 from .budget import PHASES, BudgetClock
 from .plots import per_seed, write_plots
 from .stats import Interval, interval, paired_difference
+from .tasks import describe_data
 
 if TYPE_CHECKING:
     from .compare import CompareSettings, Outcome
@@ -84,10 +86,7 @@ def _write_results_csv(path: Path, s: CompareSettings, results: list[dict]) -> N
 
 
 def _data_description(s: CompareSettings) -> str:
-    if s.model == "mixture_of_experts":
-        return "synthetic mixture-of-experts data"
-    pretty = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[s.data]
-    return f"{s.binarization}ally binarised {pretty}"
+    return describe_data(s.data, s.binarization)
 
 
 def _steps_cell(outcome: Outcome, name: str) -> str:
@@ -298,7 +297,8 @@ def _report_markdown(outcome: Outcome, clock: BudgetClock, total: float) -> str:
         else "One seed: no intervals (use --seeds 2 or more for them)."
     )
     lines = [
-        f"# Gradient estimators compared: `{s.model}` on {_data_description(s)}",
+        f"# Gradient estimators compared: `{s.model}` ({MODEL_SPECS[s.model].report_name}) "
+        f"on {_data_description(s)}",
         "",
         _mode_sentence(outcome),
         "",

@@ -9,15 +9,15 @@ curve) and, once it has finished, ``summary.json``. Every file is replaced atomi
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
-import pyro
 import torch
 from torch import nn
-from torch.distributions import constraints
 
 from pyro_discrete._io import atomic_torch_save, atomic_write_text, orphaned_temporaries
+from pyro_discrete._param_store import CONSTRAINTS, load_param_store_state, param_store_state
 
 from .errors import CLIError
 
@@ -32,7 +32,9 @@ __all__ = [
     "read_config",
     "write_config",
     "load_checkpoint",
+    "make_checkpoint",
     "save_checkpoint",
+    "check_checkpoint",
     "check_same_run",
     "load_model_state",
     "option_flag",
@@ -78,64 +80,6 @@ _CHECKPOINT_FIELDS = {
     "rng": torch.Tensor,
 }
 _ZIP_MAGIC = b"PK\x03\x04"
-
-# Constraints stored by name, so that a checkpoint holds plain tensors and strings only
-# and loads with ``torch.load(weights_only=True)``, which cannot run code.
-_CONSTRAINTS = {
-    "Real()": constraints.real,
-    "GreaterThan(lower_bound=0.0)": constraints.positive,
-    "Interval(lower_bound=0.0, upper_bound=1.0)": constraints.unit_interval,
-    "Simplex()": constraints.simplex,
-}
-
-
-def param_store_state(prefix: str = "") -> dict:
-    """Unconstrained values and constraint names of the store's parameters (``prefix``-ed).
-
-    Plain tensors and strings only, so checkpoints load with ``torch.load(weights_only=True)``
-    and cannot run code.
-
-    :raises ValueError: for a parameter whose constraint has no stored name.
-    """
-    store = pyro.get_param_store()
-    known = store.get_state()["constraints"]
-    params, names = {}, {}
-    for name, value in store.named_parameters():
-        if not name.startswith(prefix):
-            continue
-        key = repr(known[name])
-        if key not in _CONSTRAINTS:
-            raise ValueError(f"cannot checkpoint parameter {name!r} with constraint {key}")
-        params[name] = value.detach().clone()
-        names[name] = key
-    return {"params": params, "constraints": names}
-
-
-def load_param_store_state(state: dict) -> None:
-    """Restore :func:`param_store_state` output into the live param store.
-
-    Existing parameters are overwritten *in place* so that modules registered with
-    :func:`pyro.module` stay tied to the store; missing ones (control-variate state created
-    lazily by an estimator) are added, and the estimator picks them up when it registers
-    them (``pyro.param`` returns stored values; control-variate networks are registered with
-    ``update_module_params=True``).
-    """
-    store = pyro.get_param_store()
-    current = dict(store.named_parameters())
-    missing = {}
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            if name in current:
-                current[name].copy_(value)
-            else:
-                missing[name] = value.clone().requires_grad_()
-    if missing:
-        store.set_state(
-            {
-                "params": missing,
-                "constraints": {n: _CONSTRAINTS[state["constraints"][n]] for n in missing},
-            }
-        )
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -253,6 +197,12 @@ def load_checkpoint(run_dir: Path) -> dict:
         non-finite values; the message names the file and the problem.
     """
     path = run_dir / CHECKPOINT
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise CLIError(
+            f"{path} is {kind}, not a checkpoint file; move it away, then start the run "
+            "again with --overwrite"
+        )
     if not path.is_file():
         raise CLIError(
             f"{run_dir} has no {CHECKPOINT} (the run stopped before its first "
@@ -269,7 +219,7 @@ def load_checkpoint(run_dir: Path) -> dict:
     store = checkpoint["param_store"]
     if not isinstance(store.get("params"), dict) or not isinstance(store.get("constraints"), dict):
         wrong.append("'param_store' (params and constraints)")
-    elif any(store["constraints"].get(n) not in _CONSTRAINTS for n in store["params"]):
+    elif any(store["constraints"].get(n) not in CONSTRAINTS for n in store["params"]):
         wrong.append("'param_store' (a constraint without a stored name)")
     if wrong:
         raise _damaged(path, f"lacks or mistypes {', '.join(wrong)}")
@@ -304,6 +254,39 @@ def option_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def make_checkpoint(
+    config: dict,
+    *,
+    step: int,
+    elapsed: float,
+    excluded: float,
+    model: nn.Module,
+    optim: dict,
+    loader: dict,
+    ema: dict,
+    smoothed: float,
+) -> dict:
+    """The one checkpoint format, written by the single- and the multi-process ``fit``:
+    the step, the training clocks, the model's tensors and Pyro's param store (on the CPU,
+    so that a GPU run resumes anywhere), the optimiser's state by param-store name, the data
+    position, the RNG state and the smoothed ELBO's state."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": config["model"],
+        "config": {key: config[key] for key in TRAINING_OPTIONS},
+        "step": step,
+        "elapsed": elapsed,
+        "excluded": excluded,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "param_store": param_store_state(),
+        "optim": optim,
+        "loader": loader,
+        "rng": torch.get_rng_state(),
+        "ema": ema,
+        "smoothed": smoothed,
+    }
+
+
 def save_checkpoint(run_dir: Path, checkpoint: dict) -> None:
     atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
 
@@ -324,13 +307,74 @@ def remove_orphaned_temporaries(run_dir: Path) -> list[Path]:
     return orphans
 
 
+def model_state_mismatch(model: nn.Module, state: dict) -> str | None:
+    """What keeps ``state`` from loading into ``model`` (a missing, unexpected or
+    differently shaped tensor, named); ``None`` if it fits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        more = f" and {len(missing) - 1} more" if missing[1:] else ""
+        return f"no value for {missing[0]!r}{more}"
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        return f"an unexpected tensor {unexpected[0]!r}"
+    for key, value in own.items():
+        saved = state[key]
+        if not torch.is_tensor(saved) or saved.shape != value.shape:
+            shape = tuple(saved.shape) if torch.is_tensor(saved) else type(saved).__name__
+            return f"{key!r} has shape {shape} in the checkpoint but {tuple(value.shape)} here"
+    return None
+
+
 def load_model_state(model: nn.Module, state: dict, run_dir: Path, model_name: str) -> None:
-    """Load a checkpoint's model parameters; :raises CLIError: if they belong to another model."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
+    """Load a checkpoint's model parameters; :raises CLIError: if they belong to another model,
+    naming the first tensor that does not fit."""
+    problem = model_state_mismatch(model, state)
+    if problem is not None:
         raise CLIError(
-            f"the checkpoint in {run_dir} does not fit model {model_name!r} ({first}); it was "
-            "written for another model or model version"
-        ) from None
+            f"the checkpoint in {run_dir} does not fit model {model_name!r} ({problem}); it "
+            "was written for another model or model version"
+        )
+    model.load_state_dict(state)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_checkpoint(checkpoint: dict, config: dict, run_dir: Path) -> None:
+    """Every field of a checkpoint against itself and its run's ``config.json``, before any
+    file is written: the step (a whole number from 0 to the run's ``steps``), the clocks,
+    the data position, the smoothed ELBO's state (one update per step) and the options it
+    was written with.
+
+    :raises CLIError: naming the field, its value and what it should be.
+    """
+    path = run_dir / CHECKPOINT
+    step = checkpoint["step"]
+    problems = []
+    if step < 0 or step > config["steps"]:
+        problems.append(
+            f"'step' is {step}, outside 0 to {config['steps']} (the steps of {CONFIG})"
+        )
+    elapsed, excluded = checkpoint["elapsed"], checkpoint["excluded"]
+    if not (_number(elapsed) and _number(excluded) and 0 <= excluded <= elapsed):
+        problems.append(
+            f"'elapsed' {elapsed} and 'excluded' {excluded} are not times with "
+            "0 <= excluded <= elapsed"
+        )
+    loader = checkpoint["loader"]
+    if not all(isinstance(loader.get(k), int) and loader[k] >= 0 for k in ("epoch", "position")):
+        problems.append(f"'loader' {loader} is not a data position (epoch, position >= 0)")
+    ema = checkpoint.get("ema")
+    count = ema.get("count") if isinstance(ema, dict) else ema
+    # one update per step (fewer after resuming a format-1 checkpoint, which had no EMA)
+    if ema is not None and not (isinstance(count, int) and 0 <= count <= step):
+        problems.append(f"'ema' counts {count} updates, not one per step up to {step}")
+    if "smoothed" in checkpoint and not isinstance(checkpoint["smoothed"], (int, float)):
+        problems.append(f"'smoothed' is a {type(checkpoint['smoothed']).__name__}, not a number")
+    if checkpoint["rng"].dtype != torch.uint8 or checkpoint["rng"].dim() != 1:
+        problems.append("'rng' is not a CPU random-number-generator state (bytes)")
+    if problems:
+        raise _damaged(path, "is not consistent: " + "; ".join(problems))
+    check_same_run(checkpoint, config, run_dir)

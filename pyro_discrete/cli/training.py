@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -56,7 +57,8 @@ class StopRequest:
     """Within its ``with`` block, ``SIGINT`` and ``SIGTERM`` ask the training loop to stop.
 
     The first signal only sets :attr:`signum`: the loop finishes its step, so the caller can
-    save a consistent checkpoint. A second signal stops at once (``Interrupted``). Outside
+    save a consistent checkpoint. A second signal stops at once (``Interrupted``), except
+    within :meth:`deferred` (the final checkpoint's write), where it is only noted. Outside
     the main thread signals cannot be handled, and the block changes nothing.
     """
 
@@ -65,14 +67,24 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict = {}
+        self._deferring = False
 
     def requested(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.signum is not None and not self._deferring:
             raise Interrupted(signum)
-        self.signum = signum
+        self.signum = self.signum or signum
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Signals within the block only ask to stop, as the first one does."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -85,10 +97,49 @@ class StopRequest:
         self._previous = {}
 
 
+class _LineProgress:
+    """A progress report for a log file or a pipe: one line every ``interval`` seconds
+    (and one at the end), where a terminal's bar would write a carriage return per update."""
+
+    def __init__(self, total: int, initial: int, desc: str, interval: float, file) -> None:
+        self.total, self.n, self.desc = total, initial, desc
+        self.interval, self.file = interval, file
+        self.postfix: dict = {}
+        self._last = time.monotonic()
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self.postfix = values
+
+    def _line(self) -> None:
+        extra = ", ".join(f"{k}={v}" for k, v in self.postfix.items())
+        print(
+            f"{self.desc}: {self.n}/{self.total}" + (f" ({extra})" if extra else ""),
+            file=self.file,
+            flush=True,
+        )
+        self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._last >= self.interval:
+            self._line()
+
+    def close(self) -> None:
+        self._line()
+
+
+#: seconds between the progress lines written where stderr is not a terminal
+PROGRESS_LINE_INTERVAL = 30.0
+
+
 def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr (disabled: a no-op with the same interface)."""
+    """A tqdm bar on stderr where stderr is a terminal; elsewhere (a log file, a pipe) a
+    line every :data:`PROGRESS_LINE_INTERVAL` seconds. Disabled: a no-op with the same
+    interface."""
     from tqdm.auto import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, initial, desc, PROGRESS_LINE_INTERVAL, sys.stderr)
     return tqdm(
         total=total,
         initial=initial,
@@ -99,6 +150,13 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool):
         leave=True,
         file=sys.stderr,
     )
+
+
+def _non_finite_parameter() -> str | None:
+    for name, value in pyro.get_param_store().named_parameters():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
 
 
 @dataclass
@@ -202,7 +260,20 @@ def advance(
     while run.step < until:
         batch = run.loader.next_batch()
         t_step = time.perf_counter()
-        loss = svi.step(*run.task.args(batch))
+        try:
+            loss = svi.step(*run.task.args(batch))
+        except ValueError as e:
+            # a distribution's argument check failing on values that are no longer finite
+            # (parameters, or what overflowing parameters compute): the same divergence that
+            # a compiled step reports at its sync
+            name = _non_finite_parameter()
+            if name is None and "found invalid values" not in str(e):
+                raise
+            where = f"parameter {name!r}" if name else "the model's distribution arguments"
+            first = str(e).splitlines()[0].split(" of distribution")[0][:100]
+            raise FloatingPointError(
+                f"{run.name}: {where} became NaN or infinite at step {run.step + 1} ({first})"
+            ) from None
         run.step_times.append(time.perf_counter() - t_step)
         run.step += 1
         run.pending.append((run.step, loss, batch.shape[0]))

@@ -5,7 +5,8 @@
 FAULT is one of
 
 - ``ACTION@STEP``: after training step STEP (of ``fit``, or of any run of ``compare``),
-  ACTION is ``sigint``, ``sigterm`` or ``sigkill`` sent to this process, or ``pause``:
+  ACTION is ``sigint``, ``sigterm`` or ``sigkill`` sent to this process,
+  ``sigterm-twice``: a SIGTERM, and another 50 ms later, or ``pause``:
   print ``paused`` and wait for a line on stdin (the run keeps its lock meanwhile);
 - ``sigkill-in-checkpoint-write@N``: SIGKILL in the middle of the N-th write of
   ``checkpoint.pt``, after half of its bytes;
@@ -20,9 +21,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 
 from pyro_discrete import _io
-from pyro_discrete.cli import compare, fit, main
+from pyro_discrete.cli import compare, fit, main, run
 
 
 def _signal(name: str):
@@ -30,6 +33,15 @@ def _signal(name: str):
         os.kill(os.getpid(), getattr(signal, name.upper()))
 
     return act
+
+
+def _sigterm_twice() -> None:
+    def later() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=later, daemon=True).start()
 
 
 def _pause() -> None:
@@ -85,7 +97,7 @@ def _kill_in_validation() -> None:
     def elbo_estimate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    fit.elbo_estimate = elbo_estimate
+    run.elbo_estimate = elbo_estimate
 
 
 def install(fault: str) -> None:
@@ -95,7 +107,8 @@ def install(fault: str) -> None:
     elif name == "sigkill-in-validation":
         _kill_in_validation()
     else:
-        action = _pause if name == "pause" else _signal(name)
+        actions = {"pause": _pause, "sigterm-twice": _sigterm_twice}
+        action = actions[name] if name in actions else _signal(name)
         for module in (fit, compare):
             _after_step(module, int(at), action)
 
@@ -104,4 +117,4 @@ if __name__ == "__main__":
     fault, separator, *argv = sys.argv[1:]
     assert separator == "--", "usage: cli_driver.py FAULT -- ARGS"
     install(fault)
-    sys.exit(main(argv))
+    sys.exit(main(argv, as_process=True))
