@@ -42,12 +42,11 @@ def _restore(
     run.model.to(device)
     batch = run.task.args(run.loader.next_batch())
     register_modules(run.model, batch)
-    rundir.load_param_store_state(checkpoint["param_store"])
     # Estimators build control-variate networks lazily, drawing their initial weights
-    # from torch's RNG. One throw-away gradient evaluation builds them now (they load
-    # the checkpoint's values from the store), so that the RNG restored below is consumed
-    # exactly as in an uninterrupted run; the store is then restored again, undoing the
-    # running statistics that evaluation updated.
+    # from torch's RNG. One throw-away gradient evaluation builds them now, so that the RNG
+    # restored below is consumed exactly as in an uninterrupted run, and so that every
+    # tensor of the checkpoint's param store has a counterpart whose shape it is checked
+    # against; the store is then loaded in place, undoing what that evaluation changed.
     run.elbo.loss_and_grads(run.model.model, run.model.guide, *batch)
     rundir.load_param_store_state(checkpoint["param_store"])
     for _name, p in pyro.get_param_store().named_parameters():

@@ -332,8 +332,8 @@ def load_model_state(model: nn.Module, state: dict, run_dir: Path, model_name: s
     problem = model_state_mismatch(model, state)
     if problem is not None:
         raise CLIError(
-            f"the checkpoint in {run_dir} does not fit model {model_name!r} ({problem}); it "
-            "was written for another model or model version"
+            f"{run_dir / CHECKPOINT} does not fit model {model_name!r} ({problem}); it was "
+            "written for another model or model version"
         )
     model.load_state_dict(state)
 
