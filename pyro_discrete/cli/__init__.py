@@ -27,10 +27,10 @@ The package: :mod:`~pyro_discrete.cli.parser` (options), :mod:`~pyro_discrete.cl
 :mod:`~pyro_discrete.cli.demo` (the subcommands, reading their
 :mod:`~pyro_discrete.cli.options`), :mod:`~pyro_discrete.cli.training` (the loop),
 :mod:`~pyro_discrete.cli.run` (a run: :mod:`~pyro_discrete.cli.rundir`,
-:mod:`~pyro_discrete.cli.metrics` and :mod:`~pyro_discrete.cli.lock`); for ``compare``,
-:mod:`~pyro_discrete.cli.schedule` (rounds), :mod:`~pyro_discrete.cli.budget` (calibration and
-the budget's account), :mod:`~pyro_discrete.cli.measure` (ELBO, IW bound, gradient variance),
-:mod:`~pyro_discrete.cli.stats` (intervals over seeds) and :mod:`~pyro_discrete.cli.report`.
+:mod:`~pyro_discrete.cli.metrics` and :mod:`~pyro_discrete.cli.lock`), and
+:mod:`~pyro_discrete.cli.tasks` (the data sets and the model registry they read). ``compare``
+is a package of its own (:mod:`~pyro_discrete.cli.compare`: plan, comparison, measure,
+report).
 """
 
 from __future__ import annotations
@@ -47,21 +47,21 @@ from pathlib import Path
 
 import torch
 
+from pyro_discrete._param_store import load_param_store_state, param_store_state
 from pyro_discrete.datasets import DataNotFoundError
 from pyro_discrete.datasets._cache import cache_location
 from pyro_discrete.models import UnknownModelError
 
-from .budget import process_start
-from .compare import CompareSettings, cmd_compare, run_compare
+from .compare import CompareOptions, CompareSettings, cmd_compare, run_compare
+from .compare.budget import process_start
+from .compare.measure import CV_PREFIX
 from .demo import DEMO_ESTIMATORS, cmd_demo
 from .errors import CLIError, Interrupted
 from .evaluate import cmd_evaluate
 from .fit import cmd_fit
-from .measure import CV_PREFIX
-from .options import CompareOptions, EvaluateOptions, FitOptions
+from .options import EvaluateOptions, FitOptions
 from .parser import build_parser
 from .run import Run
-from .rundir import load_param_store_state, param_store_state
 from .tasks import Task, make_elbo, make_task
 from .training import RunState
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .compare import compare_into
-from .options import CompareOptions
+from .compare import CompareOptions, compare_into
 
 __all__ = ["DEMO_ESTIMATORS", "cmd_demo"]
 

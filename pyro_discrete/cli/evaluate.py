@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -10,13 +11,13 @@ import pyro
 from pyro_discrete._io import atomic_write_text
 from pyro_discrete.diagnostics import importance_weighted_bound
 
-from . import rundir
+from . import checkpoints, rundir
 from .errors import CLIError
-from .options import EvaluateOptions
+from .options import EvaluateOptions, positive_int, seed_number
 from .run import Run
 from .tasks import make_device, make_task
 
-__all__ = ["cmd_evaluate"]
+__all__ = ["add_evaluate_parser", "cmd_evaluate"]
 
 
 def cmd_evaluate(options: EvaluateOptions) -> int:
@@ -33,7 +34,7 @@ def cmd_evaluate(options: EvaluateOptions) -> int:
     task = make_task(config["model"], config["data"], config["binarization"], config["seed"])
     pyro.clear_param_store()
     model = task.build_model()
-    rundir.load_model_state(model, checkpoint["model"], run_dir, config["model"])
+    checkpoints.load_model_state(model, checkpoint["model"], run_dir, config["model"])
     model.to(device).eval()
     rows = task.split_rows(options.split)
     if options.max_examples:
@@ -77,3 +78,42 @@ def cmd_evaluate(options: EvaluateOptions) -> int:
             + "\n",
         )
     return 0
+
+
+def add_evaluate_parser(sub, formatter_class: type[argparse.HelpFormatter]) -> None:
+    """The ``evaluate`` subcommand's parser, added to the subparsers ``sub``."""
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="importance-weighted bound of a fitted model",
+        formatter_class=formatter_class,
+        description="The K-sample importance-weighted bound on log p(x) (Burda et al. 2016), "
+        "per example and averaged, for the checkpoint of a `fit` run.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="run directory of `fit`")
+    evaluate.add_argument(
+        "--samples", type=positive_int, nargs="+", default=[100], help="one or more K"
+    )
+    evaluate.add_argument("--split", default="test", choices=["valid", "test"])
+    evaluate.add_argument(
+        "--max-examples",
+        type=positive_int,
+        default=None,
+        help="evaluate on the first N examples of the split only",
+    )
+    evaluate.add_argument(
+        "--batch-size", type=positive_int, default=100, help="examples per vectorised pass"
+    )
+    evaluate.add_argument("--model", default=None, help="assert the checkpoint's model")
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluate.add_argument(
+        "--seed", type=seed_number, default=0, help="seed of the importance samples"
+    )
+    evaluate.add_argument("--json", default=None, help="also write the bounds to this file")
+    evaluate.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; evaluation "
+        "batches are large enough to gain from several)",
+    )
+    evaluate.set_defaults(func=cmd_evaluate, make_options=EvaluateOptions.from_namespace)

@@ -24,13 +24,17 @@ from pathlib import Path
 import pyro
 import torch
 
-from . import rundir
+from pyro_discrete._param_store import load_param_store_state
+
+from . import checkpoints
 from .compiling import StepChoice, choose_step
 from .errors import CLIError
 from .options import FitOptions
+from .progress import progress_bar
 from .run import Run
+from .stopping import StopRequest
 from .tasks import Task, check_batch_size, make_device, make_task
-from .training import RunState, StopRequest, advance, new_run, progress_bar, register_modules
+from .training import RunState, advance, new_run, register_modules
 
 __all__ = ["cmd_fit"]
 
@@ -38,7 +42,7 @@ __all__ = ["cmd_fit"]
 def _restore(
     run: RunState, checkpoint: dict, out: Path, config: dict, device: torch.device
 ) -> None:
-    rundir.load_model_state(run.model, checkpoint["model"], out, config["model"])
+    checkpoints.load_model_state(run.model, checkpoint["model"], out, config["model"])
     run.model.to(device)
     batch = run.task.args(run.loader.next_batch())
     register_modules(run.model, batch)
@@ -48,7 +52,7 @@ def _restore(
     # tensor of the checkpoint's param store has a counterpart whose shape it is checked
     # against; the store is then loaded in place, undoing what that evaluation changed.
     run.elbo.loss_and_grads(run.model.model, run.model.guide, *batch)
-    rundir.load_param_store_state(checkpoint["param_store"])
+    load_param_store_state(checkpoint["param_store"])
     for _name, p in pyro.get_param_store().named_parameters():
         p.grad = None
     run.optim.set_state(checkpoint["optim"])
@@ -66,7 +70,7 @@ def _checkpoint(state: RunState, config: dict) -> dict:
     state.sync()
     # a compiled step updates the optimizer's own state tensors in place, so
     # state.optim.get_state() holds the moments and step counts of every step, compiled or not
-    return rundir.make_checkpoint(
+    return checkpoints.make_checkpoint(
         config,
         step=state.step,
         elapsed=state.elapsed,

@@ -1,21 +1,30 @@
 """The options of each subcommand, as one typed record built from the parsed command line once.
 
 The parser (:mod:`~pyro_discrete.cli.parser`) checks every value on its own (positive,
-finite, in range); :meth:`from_namespace` turns its result into :class:`FitOptions`,
-:class:`CompareOptions` or :class:`EvaluateOptions`, and the subcommands read nothing else.
+finite, in range); ``from_namespace`` turns its result into :class:`FitOptions`,
+:class:`EvaluateOptions` or :class:`~pyro_discrete.cli.compare.CompareOptions`, and the
+subcommands read nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import CLIError
-from .rundir import TRAINING_OPTIONS
+from .rundir import FORMAT_VERSION, TRAINING_OPTIONS
 from .tasks import check_model_name, data_for, make_elbo
 
-__all__ = ["FIT_DEFAULTS", "CompareOptions", "EvaluateOptions", "FitOptions"]
+__all__ = [
+    "FIT_DEFAULTS",
+    "EvaluateOptions",
+    "FitOptions",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "seed_number",
+]
 
 #: what a new ``fit`` run uses for the training options not given (``data``: the model's
 #: first data set); a resumed run keeps its own
@@ -30,6 +39,45 @@ FIT_DEFAULTS = {
     "seed": 0,
     "steps": 1000,
 }
+
+
+# -- the value types of the parser: each refuses what cannot be right, naming it
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+#: seeds reach numpy's generator, which takes 0 to 2**32 - 1; comparisons add offsets
+MAX_SEED = 2**31 - 1
+
+
+def seed_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (``nan``, ``inf`` and ``1e400``, which is ``inf``, are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
 
 
 def _from_namespace(cls, args: argparse.Namespace, **values):
@@ -91,8 +139,6 @@ class FitOptions:
 
         :raises CLIError: for an unknown model or estimator, or data the model does not use.
         """
-        from .rundir import FORMAT_VERSION
-
         config: dict = {"format_version": FORMAT_VERSION}
         for key in (*TRAINING_OPTIONS, "steps"):
             value = getattr(self, key)
@@ -125,34 +171,4 @@ class EvaluateOptions:
             args,
             checkpoint=Path(args.checkpoint),
             json=None if args.json is None else Path(args.json),
-        )
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    """``pyro-discrete compare`` and ``demo``: what is compared
-    (:class:`~pyro_discrete.cli.compare.CompareSettings`) and where the report goes."""
-
-    settings: object  # CompareSettings (imported lazily: compare imports this module)
-    out: Path
-    overwrite: bool
-    progress: bool
-    #: when the command started (:func:`time.perf_counter`), the origin of --time-budget
-    started: float | None = None
-    #: whether the command is the whole process (its exit is planned for)
-    as_process: bool = False
-
-    @classmethod
-    def from_namespace(cls, args: argparse.Namespace) -> CompareOptions:
-        from .compare import compare_settings
-
-        if args.out is None:
-            raise CLIError("--out is required")
-        return cls(
-            settings=compare_settings(args),
-            out=Path(args.out),
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            started=getattr(args, "started", None),
-            as_process=getattr(args, "as_process", False),
         )

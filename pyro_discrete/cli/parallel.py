@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pyro_discrete.lightning import DiscreteSVIModule, load_param_store_state, rank_seed
 
-from . import rundir
+from . import checkpoints
 from .errors import CLIError
 from .options import FitOptions
 from .run import Run
@@ -192,7 +192,7 @@ class _RunDirectory(Callback):
         batches = len(self.task.loader(self.config["batch_size"], self.config["seed"], "cpu"))
         consumed = self.step * trainer.world_size  # minibatches of --batch-size seen
         self.run.save(
-            rundir.make_checkpoint(
+            checkpoints.make_checkpoint(
                 self.config,
                 step=self.step,
                 elapsed=self.elapsed,
@@ -217,7 +217,7 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
     pyro.set_rng_seed(config["seed"])  # the same initial parameters on every process
     model = task.build_model()
     if checkpoint is not None:
-        rundir.load_model_state(model, checkpoint["model"], run.directory, config["model"])
+        checkpoints.load_model_state(model, checkpoint["model"], run.directory, config["model"])
     start = run.start_step
     if start >= config["steps"]:
         if rank == 0:

@@ -7,17 +7,23 @@ Options that several subcommands share are declared once, in parent parsers
 from __future__ import annotations
 
 import argparse
-import math
 
 from pyro_discrete.infer import ESTIMATORS
 from pyro_discrete.models import MODEL_SPECS
 
-from .compare import cmd_compare
+from .compare import CompareOptions, cmd_compare
 from .compiling import COMPILE_BACKENDS, COMPILE_MODES
 from .demo import DEMO_ESTIMATORS, cmd_demo
-from .evaluate import cmd_evaluate
+from .evaluate import add_evaluate_parser
 from .fit import cmd_fit
-from .options import FIT_DEFAULTS, CompareOptions, EvaluateOptions, FitOptions
+from .options import (
+    FIT_DEFAULTS,
+    FitOptions,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_number,
+)
 
 __all__ = ["build_parser"]
 
@@ -42,60 +48,24 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
-    return value
-
-
-#: seeds reach numpy's generator, which takes 0 to 2**32 - 1; comparisons add offsets
-_MAX_SEED = 2**31 - 1
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= _MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {_MAX_SEED}, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    """A finite number above 0 (``nan``, ``inf`` and ``1e400``, which is ``inf``, are not)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
 def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     """Model, data, device, seed and display options of ``fit``, ``compare`` and ``demo``."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--model",
-                default=model_default,
+        default=model_default,
         help=f"one of: {', '.join(MODEL_SPECS)}",
     )
     p.add_argument(
         "--data",
-                default=None,
+        default=None,
         choices=sorted({data for spec in MODEL_SPECS.values() for data in spec.data}),
         help="data set (default: the model's first): "
         + "; ".join(f"{spec.name}: {', '.join(spec.data)}" for spec in MODEL_SPECS.values()),
     )
     p.add_argument(
         "--binarization",
-                default="static",
+        default="static",
         choices=["static", "dynamic"],
         help="one fixed Bernoulli draw of the images, or a fresh one per batch",
     )
@@ -116,12 +86,12 @@ def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=_seed,
+        type=seed_number,
         default=0,
         help="seed of the initialisation, data order and binarisation",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--threads", type=_positive_int, default=1, help=_THREADS_HELP)
+    p.add_argument("--threads", type=positive_int, default=1, help=_THREADS_HELP)
     return p
 
 
@@ -132,13 +102,13 @@ def _optimisation_options() -> argparse.ArgumentParser:
     ``set_defaults`` (``demo``'s own learning rate) would change them for every subcommand.
     """
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--batch-size", type=_positive_int, default=24, help="minibatch size")
+    p.add_argument("--batch-size", type=positive_int, default=24, help="minibatch size")
     p.add_argument(
-        "--lr", type=_positive_float, default=3e-4, help="Adam learning rate of the model"
+        "--lr", type=positive_float, default=3e-4, help="Adam learning rate of the model"
     )
     p.add_argument(
         "--cv-lr-factor",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         help="control-variate learning rate as a multiple of --lr",
     )
@@ -154,12 +124,10 @@ def _add_fit(sub) -> None:
         description="Train one model with one estimator; checkpoints every --checkpoint-every "
         "steps, and --resume continues a run exactly.",
     )
-    fit.add_argument(
-        "--estimator", default=None, help=f"one of: {', '.join(ESTIMATORS)}"
-    )
+    fit.add_argument("--estimator", default=None, help=f"one of: {', '.join(ESTIMATORS)}")
     fit.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="total training steps",
     )
@@ -167,22 +135,22 @@ def _add_fit(sub) -> None:
     fit.add_argument("--resume", action="store_true", help="continue the run in --out")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit.add_argument(
-        "--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints"
+        "--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints"
     )
     fit.add_argument(
-        "--log-every", type=_positive_int, default=50, help="steps between rows of metrics.csv"
+        "--log-every", type=positive_int, default=50, help="steps between rows of metrics.csv"
     )
     fit.add_argument(
         "--eval-examples",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="validation examples for the final ELBO",
     )
     # data-parallel training through Lightning (pyro_discrete.cli.parallel)
     fit.add_argument(
-        "--devices", type=_positive_int, default=1, help="processes (CPU) or GPUs per machine"
+        "--devices", type=positive_int, default=1, help="processes (CPU) or GPUs per machine"
     )
-    fit.add_argument("--num-nodes", type=_positive_int, default=1, help="machines")
+    fit.add_argument("--num-nodes", type=positive_int, default=1, help="machines")
     fit.add_argument(
         "--accelerator", choices=["cpu", "gpu"], default="cpu", help="with --devices > 1"
     )
@@ -214,14 +182,14 @@ def _comparison_options(
     )
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"training steps per run (default {steps}; an upper bound under --time-budget; "
         "not with --equal time)",
     )
     p.add_argument(
         "--time-budget",
-        type=_positive_float,
+        type=positive_float,
         default=budget,
         help="seconds of wall time for the whole command, evaluations and report included, "
         "from its start: a short calibration times steps and measurements, the rest is "
@@ -229,7 +197,7 @@ def _comparison_options(
     )
     p.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="independent initialisations and data orders per estimator (seeds --seed, "
         "--seed+1, ...); with 2 or more the report gives 95%% intervals over seeds and ranks "
@@ -250,31 +218,31 @@ def _comparison_options(
     )
     p.add_argument(
         "--variance-points",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="points of the reference run where variances are measured",
     )
     p.add_argument(
         "--variance-samples",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="gradient draws per estimator and point",
     )
     p.add_argument(
         "--eval-points",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="points of each run where the ELBO is evaluated",
     )
     p.add_argument(
         "--eval-examples",
-        type=_positive_int,
+        type=positive_int,
         default=2000,
         help="training examples for the ELBO curves (and validation examples for --iw-samples)",
     )
     p.add_argument(
         "--iw-samples",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="also report a K-sample importance-weighted bound on validation examples (0: skip)",
     )
@@ -320,42 +288,6 @@ def _add_compare_and_demo(sub) -> None:
     )
 
 
-def _add_evaluate(sub) -> None:
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="importance-weighted bound of a fitted model",
-        formatter_class=_DefaultsHelpFormatter,
-        description="The K-sample importance-weighted bound on log p(x) (Burda et al. 2016), "
-        "per example and averaged, for the checkpoint of a `fit` run.",
-    )
-    evaluate.add_argument("--checkpoint", required=True, help="run directory of `fit`")
-    evaluate.add_argument(
-        "--samples", type=_positive_int, nargs="+", default=[100], help="one or more K"
-    )
-    evaluate.add_argument("--split", default="test", choices=["valid", "test"])
-    evaluate.add_argument(
-        "--max-examples",
-        type=_positive_int,
-        default=None,
-        help="evaluate on the first N examples of the split only",
-    )
-    evaluate.add_argument(
-        "--batch-size", type=_positive_int, default=100, help="examples per vectorised pass"
-    )
-    evaluate.add_argument("--model", default=None, help="assert the checkpoint's model")
-    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
-    evaluate.add_argument("--seed", type=_seed, default=0, help="seed of the importance samples")
-    evaluate.add_argument("--json", default=None, help="also write the bounds to this file")
-    evaluate.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice; evaluation "
-        "batches are large enough to gain from several)",
-    )
-    evaluate.set_defaults(func=cmd_evaluate, make_options=EvaluateOptions.from_namespace)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyro-discrete`` parser with its four subcommands."""
     parser = argparse.ArgumentParser(
@@ -365,5 +297,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_fit(sub)
     _add_compare_and_demo(sub)
-    _add_evaluate(sub)
+    add_evaluate_parser(sub, _DefaultsHelpFormatter)
     return parser

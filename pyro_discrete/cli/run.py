@@ -7,7 +7,7 @@ through :class:`Run`:
   header of ``metrics.csv``), refusing a directory that holds something else;
 - :meth:`Run.resume` locks an existing run and reads it, checking every file before any is
   written: the options given against the run's, every field of the checkpoint
-  (:func:`~.rundir.check_checkpoint`) and every row of the metrics. The caller then
+  (:func:`~.checkpoints.check_checkpoint`) and every row of the metrics. The caller then
   restores the checkpoint into its model (which checks every tensor's shape) and only then
   calls :meth:`Run.commit`, which makes the changes a resume needs (the metrics cut back to
   the checkpoint, a longer ``--steps`` in the configuration). A refused resume leaves the
@@ -32,7 +32,7 @@ import torch
 from pyro_discrete._io import atomic_write_text
 from pyro_discrete.diagnostics import elbo_estimate
 
-from . import metrics, rundir
+from . import checkpoints, metrics, rundir
 from .errors import CLIError
 from .lock import LOCK, RunLock
 from .tasks import Task
@@ -177,8 +177,8 @@ class Run:
         out = Path(out)
         config = rundir.read_config(out)
         _check_resume_options(given or {}, config, out)
-        checkpoint = rundir.load_checkpoint(out)
-        rundir.check_checkpoint(checkpoint, config, out)
+        checkpoint = checkpoints.load_checkpoint(out)
+        checkpoints.check_checkpoint(checkpoint, config, out)
         target = config["steps"] if steps is None else steps
         if target < checkpoint["step"]:
             raise CLIError(f"--steps {target} is below the checkpoint's step {checkpoint['step']}")
@@ -223,13 +223,13 @@ class Run:
 
     def save(self, checkpoint: dict) -> None:
         """Replace ``checkpoint.pt`` atomically by ``checkpoint``
-        (:func:`~.rundir.make_checkpoint`).
+        (:func:`~.checkpoints.make_checkpoint`).
 
         :raises CLIError: when it cannot be written, saying which checkpoint is intact.
         """
         step = checkpoint["step"]
         try:
-            rundir.save_checkpoint(self.directory, checkpoint)
+            checkpoints.save_checkpoint(self.directory, checkpoint)
         except OSError as e:
             kept = (
                 "no checkpoint was written before"

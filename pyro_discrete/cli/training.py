@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,16 +16,13 @@ from pyro_discrete.infer import DiscreteELBO
 from pyro_discrete.optim import MultiTensorAdam
 
 from .compiling import EAGER, StepChoice, make_svi
-from .errors import Interrupted
 from .tasks import Task, make_elbo, make_optimizer
 
 __all__ = [
     "EMA",
-    "StopRequest",
     "RunState",
     "advance",
     "new_run",
-    "progress_bar",
     "register_modules",
 ]
 
@@ -51,105 +44,6 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.value, self.count = state["decay"], state["value"], state["count"]
-
-
-class StopRequest:
-    """Within its ``with`` block, ``SIGINT`` and ``SIGTERM`` ask the training loop to stop.
-
-    The first signal only sets :attr:`signum`: the loop finishes its step, so the caller can
-    save a consistent checkpoint. A second signal stops at once (``Interrupted``), except
-    within :meth:`deferred` (the final checkpoint's write), where it is only noted. Outside
-    the main thread signals cannot be handled, and the block changes nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-        self._deferring = False
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and not self._deferring:
-            raise Interrupted(signum)
-        self.signum = self.signum or signum
-
-    @contextlib.contextmanager
-    def deferred(self):
-        """Signals within the block only ask to stop, as the first one does."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
-class _LineProgress:
-    """A progress report for a log file or a pipe: one line every ``interval`` seconds
-    (and one at the end), where a terminal's bar would write a carriage return per update."""
-
-    def __init__(self, total: int, initial: int, desc: str, interval: float, file) -> None:
-        self.total, self.n, self.desc = total, initial, desc
-        self.interval, self.file = interval, file
-        self.postfix: dict = {}
-        self._last = time.monotonic()
-
-    def set_postfix(self, refresh: bool = True, **values) -> None:
-        self.postfix = values
-
-    def _line(self) -> None:
-        extra = ", ".join(f"{k}={v}" for k, v in self.postfix.items())
-        print(
-            f"{self.desc}: {self.n}/{self.total}" + (f" ({extra})" if extra else ""),
-            file=self.file,
-            flush=True,
-        )
-        self._last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if time.monotonic() - self._last >= self.interval:
-            self._line()
-
-    def close(self) -> None:
-        self._line()
-
-
-#: seconds between the progress lines written where stderr is not a terminal
-PROGRESS_LINE_INTERVAL = 30.0
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr where stderr is a terminal; elsewhere (a log file, a pipe) a
-    line every :data:`PROGRESS_LINE_INTERVAL` seconds. Disabled: a no-op with the same
-    interface."""
-    from tqdm.auto import tqdm
-
-    if enabled and not sys.stderr.isatty():
-        return _LineProgress(total, initial, desc, PROGRESS_LINE_INTERVAL, sys.stderr)
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        disable=not enabled,
-        mininterval=0.5,
-        dynamic_ncols=True,
-        leave=True,
-        file=sys.stderr,
-    )
 
 
 def _non_finite_parameter() -> str | None:
@@ -250,7 +144,7 @@ def advance(
     sync, :meth:`RunState.sync`) every ``log_every`` steps, at ``until`` and when stopping.
 
     ``run.elapsed`` accumulates only the time spent here, so runs that take turns (see
-    :func:`~pyro_discrete.cli.compare.run_compare`) each count their own training time.
+    :func:`~pyro_discrete.cli.compare.run.run_compare`) each count their own training time.
 
     :raises FloatingPointError: when the loss is not finite (compiled steps: at the sync
         that reads it, naming the step).

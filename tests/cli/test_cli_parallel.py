@@ -14,7 +14,7 @@ import pytest
 import torch
 from cli_support import RUN, load, run_subprocess
 
-from pyro_discrete.cli import rundir
+from pyro_discrete.cli import checkpoints, rundir
 
 pytest.importorskip("lightning")
 
@@ -61,7 +61,7 @@ def test_two_processes_write_the_run_and_resume_on_one(data_cache, tmp_path):
         "accelerator": "cpu",
         "strategy": "ddp",
     }
-    checkpoint = rundir.load_checkpoint(out)  # the single-process reader accepts it
+    checkpoint = checkpoints.load_checkpoint(out)  # the single-process reader accepts it
     assert checkpoint["step"] == 24
     assert any(name.startswith("pyro_discrete/") for name in checkpoint["param_store"]["params"])
     assert _adam_steps(out) == {24}

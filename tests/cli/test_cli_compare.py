@@ -18,8 +18,8 @@ import torch
 from cli_support import COMPARE_PROBES, run_main, run_subprocess
 from scipy import stats as scipy_stats
 
-from pyro_discrete.cli import measure, plots, report, stats
-from pyro_discrete.cli.schedule import Schedule
+from pyro_discrete.cli.compare import measure, plots, report, stats
+from pyro_discrete.cli.compare.schedule import Schedule
 from pyro_discrete.diagnostics import importance_weighted_bound
 
 
@@ -74,6 +74,19 @@ def _budget_verdict(total: float, budget: float) -> str:
     return f"{100 * (total / budget - 1):+.0f}% off it"
 
 
+def _refused_for_want_of_time(err: str, budget: float) -> bool:
+    """Whether ``compare`` refused because start-up and calibration, as measured, left too
+    little of ``budget`` to train (a machine loaded enough makes that true of any budget):
+    then the refusal must account for the whole budget, part by part."""
+    match = re.search(r"--time-budget leaves ([\d.]+)s for training \((.*)\): ", err)
+    if match is None:
+        return False
+    parts = [float(x) for x in re.findall(r" ([\d.]+)s", " " + match.group(2))]
+    assert "start-up" in match.group(2) and "calibration" in match.group(2), err
+    assert sum(parts) + float(match.group(1)) >= 0.9 * budget, err
+    return True
+
+
 def _assert_budget_logic(out, budget: float) -> None:
     """What the budget promises whatever the machine's load: no estimator trained more steps
     than the budget affords even at its fastest measured step (a plan that ignored the
@@ -108,6 +121,8 @@ def test_time_budget_is_kept_and_accounted(capsys, tmp_path):
         "--steps", "1000000", "--out", str(out),
     )  # fmt: skip
     wall = time.perf_counter() - t0
+    if code == 2 and _refused_for_want_of_time(err, budget):
+        return
     assert code == 0, err
     text = (out / "report.md").read_text()
     phases, total, planned = accounting(text)
@@ -121,7 +136,7 @@ def test_time_budget_is_kept_and_accounted(capsys, tmp_path):
     }
     # the phases (and the unattributed rest) add up to the total, measured inside main()
     assert sum(phases.values()) == pytest.approx(total, abs=0.1 * len(phases))
-    assert total <= wall
+    assert total <= wall + 0.05  # the table rounds to 0.1 s
     assert planned == pytest.approx(budget, abs=0.1)  # the plan fills the budget exactly
     assert phases["training"] > 0
     # however the timing went, the report says so truthfully (its table rounds the total)
@@ -139,14 +154,38 @@ def test_time_budget_counts_from_process_start(data_cache, tmp_path):
     t0 = time.perf_counter()
     proc = run_subprocess(data_cache, *argv, timeout=300)
     wall = time.perf_counter() - t0
+    if proc.returncode == 2 and _refused_for_want_of_time(proc.stderr, budget):
+        return
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (out / "report.md").read_text()
     phases, total, planned = accounting(text)
     assert phases["start-up"] > 0  # the interpreter's imports, before main() ran
-    assert total < wall
+    assert total < wall + 0.05
     assert planned == pytest.approx(budget, abs=0.1)
     assert "interpreter exit (after this report)" in text
     _assert_budget_logic(out, budget)
+
+
+def test_time_budget_sizes_the_optional_measurements(capsys, tmp_path):
+    """2,000 gradient draws at each of 5 points for 2 estimators cannot fit in 10 s on any
+    machine: rather than refusing, the comparison draws fewer (and says so)."""
+    out = tmp_path / "cmp"
+    code, _, err = run_main(
+        capsys, "compare", "--model", "mixture_of_experts", "--no-progress",
+        "--estimators", "reinforce,nvil", "--variance-samples", "2000",
+        "--variance-points", "5", "--eval-examples", "50", "--eval-points", "3",
+        "--time-budget", "10", "--out", str(out),
+    )  # fmt: skip
+    assert "--variance-samples 2000 -> " in err  # sized before anything else was decided
+    if code == 2 and _refused_for_want_of_time(err, 10.0):
+        return  # a machine so loaded that even the smallest measurements leave no training
+    assert code == 0, err
+    text = (out / "report.md").read_text()
+    sized = re.search(r"--variance-samples 2000 -> (\d+)", text)
+    assert sized and 10 <= int(sized.group(1)) < 2000, text
+    assert "made smaller than asked" in text
+    rows = read_csv(out / "results.csv")
+    assert any(r["metric"] == "grad_log_variance" for r in rows)
 
 
 def test_time_budget_too_small(capsys, tmp_path):
