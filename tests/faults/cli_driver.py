@@ -10,7 +10,10 @@ FAULT is one of
   print ``paused`` and wait for a line on stdin (the run keeps its lock meanwhile);
 - ``sigkill-in-checkpoint-write@N``: SIGKILL in the middle of the N-th write of
   ``checkpoint.pt``, after half of its bytes;
-- ``sigkill-in-validation``: SIGKILL while the final validation ELBO is computed.
+- ``sigkill-in-validation``: SIGKILL while the final validation ELBO is computed;
+- ``ACTION-rankR@STEP`` (``fit --devices``): ACTION (``sigterm``, ``sigint``, ``sigkill``)
+  sent to the process of rank R after its step STEP (Lightning starts ranks 1 to W-1 by
+  running this same command line, so every rank installs the fault and checks its rank).
 
 The faults are injected from outside the package (by wrapping its functions), so that the
 package carries no test hooks.
@@ -100,8 +103,25 @@ def _kill_in_validation() -> None:
     run.elbo_estimate = elbo_estimate
 
 
+def _after_parallel_step(rank: int, step: int, action) -> None:
+    from pyro_discrete.cli import parallel
+
+    original = parallel._RunDirectory.on_train_batch_end
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        original(self, trainer, *args, **kwargs)
+        if trainer.global_rank == rank and self.step == step:
+            action()
+
+    parallel._RunDirectory.on_train_batch_end = on_train_batch_end
+
+
 def install(fault: str) -> None:
     name, _, at = fault.partition("@")
+    if "-rank" in name:
+        action, _, rank = name.partition("-rank")
+        _after_parallel_step(int(rank), int(at), _signal(action))
+        return
     if name == "sigkill-in-checkpoint-write":
         _kill_in_checkpoint_write(int(at))
     elif name == "sigkill-in-validation":
