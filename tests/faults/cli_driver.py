@@ -28,7 +28,8 @@ import threading
 import time
 
 from pyro_discrete import _io
-from pyro_discrete.cli import compare, fit, main, run
+from pyro_discrete.cli import fit, main, run
+from pyro_discrete.cli.compare import comparison
 
 
 def _signal(name: str):
@@ -129,7 +130,7 @@ def install(fault: str) -> None:
     else:
         actions = {"pause": _pause, "sigterm-twice": _sigterm_twice}
         action = actions[name] if name in actions else _signal(name)
-        for module in (fit, compare):
+        for module in (fit, comparison):
             _after_step(module, int(at), action)
 
 

@@ -11,7 +11,8 @@ a difference between estimators is noise. The package, in the order a comparison
   calibration it plans from;
 - :mod:`~.comparison`: the runs taking turns, the measurements along them and the budget's
   checks; :mod:`~.measure`: ELBO, IW bound, gradient variance;
-- :mod:`~.run`: one comparison from start to report, written into place whole;
+- :mod:`~pyro_discrete.cli.compare.run`: one comparison from start to report, written
+  into place whole;
 - :mod:`~.outcome`, :mod:`~.stats`, :mod:`~.plots`, :mod:`~.report`: what was measured and
   how it is reported.
 """
