@@ -46,7 +46,7 @@ from pyro_discrete.lightning import DiscreteSVIModule, load_param_store_state, r
 from . import checkpoints
 from .errors import CLIError
 from .options import FitOptions
-from .ranks import RankStop, dead_rank, watch_children
+from .ranks import RankStop, interrupted, peer_died, watch_children
 from .run import Run
 from .tasks import Task, check_batch_size, make_elbo, make_task
 from .training import EMA
@@ -279,9 +279,9 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
     except SIGTERMException:
         if rank != 0:
             return 0  # stopped with rank 0, which saves and reports
-        return _interrupted(writer, trainer, stop.signum or signal.SIGTERM)
+        return interrupted(writer, trainer, stop.signum or signal.SIGTERM)
     except RuntimeError as e:  # a collective failed: a peer process died
-        raise CLIError(_peer_died(rank, writer, e)) from None
+        raise CLIError(peer_died(rank, writer, e)) from None
     if trainer.global_rank != 0:
         return 0
     model.to("cpu")
@@ -302,42 +302,6 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
         examples_per_s=round(examples / this_session, 1) if this_session > 0 else None,
     )
     return 0
-
-
-def _interrupted(writer: _RunDirectory, trainer, signum: int) -> int:
-    """Rank 0 after every rank stopped on a signal: the last completed step saved."""
-    if writer.run.saved_step != writer.step and writer.step > writer.first_step:
-        writer.save(trainer)
-    run = writer.run
-    if run.saved_step == writer.step:
-        where = f"checkpoint of step {writer.step} saved in {run.checkpoint_path}"
-    else:
-        where = "nothing trained yet, nothing saved"
-    print(
-        f"pyro-discrete fit: interrupted at step {writer.step} on every process; {where}; "
-        f"continue with `pyro-discrete fit --out {run.directory} --resume`",
-        file=sys.stderr,
-    )
-    return 128 + signum
-
-
-def _peer_died(rank: int, writer: _RunDirectory, error: RuntimeError) -> str:
-    """The one line for a collective that failed because another process died."""
-    if rank != 0:
-        first = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
-        return (
-            f"the process of rank {rank} stops: another process of the run ended "
-            f"({type(error).__name__}: {first})"
-        )
-    deadline = time.monotonic() + 3.0  # the watcher looks every half second
-    while dead_rank() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    what = dead_rank() or f"a collective failed ({str(error).strip()[:120]})"
-    saved = writer.run.saved_step
-    kept = (
-        "no checkpoint was saved" if saved is None else f"the checkpoint of step {saved} is intact"
-    )
-    return f"{what}; every process is stopped; {kept}; continue with --resume"
 
 
 def _task(run: Run) -> Task:

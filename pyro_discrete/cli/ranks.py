@@ -30,7 +30,9 @@ import sys
 import threading
 import time
 
-__all__ = ["RankStop", "dead_rank", "watch_children"]
+from .stopping import StopRequest
+
+__all__ = ["RankStop", "dead_rank", "interrupted", "peer_died", "watch_children"]
 
 #: seconds between two looks at the children, and the grace given to the main process to
 #: stop on its own (a collective fails at once when a peer's socket closes)
@@ -83,17 +85,14 @@ def watch_children(children: list[subprocess.Popen]) -> None:
     threading.Thread(target=_watch, args=(children,), daemon=True, name="rank-watcher").start()
 
 
-class RankStop:
+class RankStop(StopRequest):
     """``SIGINT``/``SIGTERM`` on a process of a multi-process ``fit``: the first asks every rank
     to stop before the next step (through the ``Trainer``'s per-step broadcast from rank 0),
     later ones are ignored. :attr:`signum` holds the first."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, trainer) -> None:
+        super().__init__()
         self.trainer = trainer
-        self.signum: int | None = None
-        self._previous: dict = {}
         # Lightning's handler broadcasts from inside the handler (a deadlock when the other
         # ranks are in another collective): not installed
         trainer._signal_connector.register_signal_handlers = lambda: None
@@ -103,12 +102,38 @@ class RankStop:
             self.signum = signum
             self.trainer._signal_connector.received_sigterm = True
 
-    def __enter__(self) -> RankStop:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
 
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
+def interrupted(writer, trainer, signum: int) -> int:
+    """Rank 0 after every rank stopped on a signal: the last completed step saved."""
+    if writer.run.saved_step != writer.step and writer.step > writer.first_step:
+        writer.save(trainer)
+    run = writer.run
+    if run.saved_step == writer.step:
+        where = f"checkpoint of step {writer.step} saved in {run.checkpoint_path}"
+    else:
+        where = "nothing trained yet, nothing saved"
+    print(
+        f"pyro-discrete fit: interrupted at step {writer.step} on every process; {where}; "
+        f"continue with `pyro-discrete fit --out {run.directory} --resume`",
+        file=sys.stderr,
+    )
+    return 128 + signum
+
+
+def peer_died(rank: int, writer, error: RuntimeError) -> str:
+    """The one line for a collective that failed because another process died."""
+    if rank != 0:
+        first = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
+        return (
+            f"the process of rank {rank} stops: another process of the run ended "
+            f"({type(error).__name__}: {first})"
+        )
+    deadline = time.monotonic() + 3.0  # the watcher looks every half second
+    while dead_rank() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    what = dead_rank() or f"a collective failed ({str(error).strip()[:120]})"
+    saved = writer.run.saved_step
+    kept = (
+        "no checkpoint was saved" if saved is None else f"the checkpoint of step {saved} is intact"
+    )
+    return f"{what}; every process is stopped; {kept}; continue with --resume"
