@@ -1,4 +1,4 @@
-"""Helpers of the command-line tests (tests/test_cli.py, tests/faults/): run it, read runs."""
+"""Helpers of the command-line tests (tests/cli/, tests/faults/): run it, read runs."""
 
 from __future__ import annotations
 

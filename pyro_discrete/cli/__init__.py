@@ -24,12 +24,13 @@ status 130 and 143 (``fit`` saves a checkpoint first; ``compare`` leaves no part
 
 The package: :mod:`~pyro_discrete.cli.parser` (options), :mod:`~pyro_discrete.cli.fit`,
 :mod:`~pyro_discrete.cli.compare`, :mod:`~pyro_discrete.cli.evaluate`,
-:mod:`~pyro_discrete.cli.demo` (the subcommands), :mod:`~pyro_discrete.cli.training` (the
-loop), :mod:`~pyro_discrete.cli.rundir`, :mod:`~pyro_discrete.cli.metrics` and
-:mod:`~pyro_discrete.cli.lock` (the run directory); for ``compare``,
-:mod:`~pyro_discrete.cli.schedule` (rounds), :mod:`~pyro_discrete.cli.budget` (calibration and
-the budget's account), :mod:`~pyro_discrete.cli.measure` (ELBO, IW bound, gradient variance),
-:mod:`~pyro_discrete.cli.stats` (intervals over seeds) and :mod:`~pyro_discrete.cli.report`.
+:mod:`~pyro_discrete.cli.demo` (the subcommands, reading their
+:mod:`~pyro_discrete.cli.options`), :mod:`~pyro_discrete.cli.training` (the loop),
+:mod:`~pyro_discrete.cli.run` (a run: :mod:`~pyro_discrete.cli.rundir`,
+:mod:`~pyro_discrete.cli.metrics` and :mod:`~pyro_discrete.cli.lock`), and
+:mod:`~pyro_discrete.cli.tasks` (the data sets and the model registry they read). ``compare``
+is a package of its own (:mod:`~pyro_discrete.cli.compare`: plan, comparison, measure,
+report).
 """
 
 from __future__ import annotations
@@ -46,28 +47,33 @@ from pathlib import Path
 
 import torch
 
+from pyro_discrete._param_store import load_param_store_state, param_store_state
 from pyro_discrete.datasets import DataNotFoundError
 from pyro_discrete.datasets._cache import cache_location
 from pyro_discrete.models import UnknownModelError
 
-from .budget import process_start
-from .compare import CompareSettings, cmd_compare, run_compare
+from .compare import CompareOptions, CompareSettings, cmd_compare, run_compare
+from .compare.budget import process_start
+from .compare.measure import CV_PREFIX
 from .demo import DEMO_ESTIMATORS, cmd_demo
 from .errors import CLIError, Interrupted
 from .evaluate import cmd_evaluate
 from .fit import cmd_fit
-from .measure import CV_PREFIX
+from .options import EvaluateOptions, FitOptions
 from .parser import build_parser
-from .report import write_report as _write_report  # noqa: F401 - compare calls it from here
-from .rundir import load_param_store_state, param_store_state
+from .run import Run
 from .tasks import Task, make_elbo, make_task
 from .training import RunState
 
 __all__ = [
     "CLIError",
     "CV_PREFIX",
+    "CompareOptions",
     "CompareSettings",
     "DEMO_ESTIMATORS",
+    "EvaluateOptions",
+    "FitOptions",
+    "Run",
     "RunState",
     "Task",
     "build_parser",
@@ -108,24 +114,29 @@ def _os_error_message(e: OSError) -> str:
     return text + ")"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, as_process: bool | None = None) -> int:
     """Entry point of the ``pyro-discrete`` console script; returns the exit status.
 
-    Run as a command (``argv`` is ``None``), the process's start is the origin of
-    ``compare --time-budget``: interpreter start-up and imports are part of the budget.
+    Run as a command (``argv`` is ``None``, or ``as_process=True``), the process's start is
+    the origin of ``compare --time-budget``: interpreter start-up and imports are part of
+    the budget; and once the command is done, further ``SIGINT``/``SIGTERM`` are ignored,
+    so that the exit status is the one the command chose (143 after a ``SIGTERM``, however
+    many followed it).
     """
     called = time.perf_counter()
-    started = (process_start() if argv is None else None) or called
+    as_process = argv is None if as_process is None else as_process
+    started = (process_start() if as_process else None) or called
     args = build_parser().parse_args(argv)
-    args.started, args.as_process = started, argv is None
-    if args.threads:
+    args.started, args.as_process = started, as_process
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     previous = None
-    if threading.current_thread() is threading.main_thread():
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
         # turn `kill` into an exception, so that `finally` blocks remove temporary output
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.func(args)
+        return args.func(args.make_options(args))
     except (CLIError, DataNotFoundError, UnknownModelError) as e:
         print(f"pyro-discrete {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -146,5 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 128 + signum
     finally:
-        if previous is not None:
+        if as_process and in_main_thread:
+            # the process exits next with the status returned: a late signal must not
+            # replace it by death by signal (-15) or a traceback
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
+        elif previous is not None:
             signal.signal(signal.SIGTERM, previous)

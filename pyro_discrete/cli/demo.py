@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from .compare import compare_into, compare_settings, estimator_list
+from .compare import CompareOptions, compare_into
 
 __all__ = ["DEMO_ESTIMATORS", "cmd_demo"]
 
 DEMO_ESTIMATORS = ("reinforce", "nvil", "muprop", "rebar", "relax")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(options: CompareOptions) -> int:
     """Compare the demo estimators within ``--time-budget``, replacing ``--out``."""
-    settings = compare_settings(args, estimator_list(args.estimators))
-    report = compare_into(
-        Path(args.out),
+    written = compare_into(
+        options.out,
         True,
-        settings,
-        not args.no_progress,
-        getattr(args, "started", None),
-        getattr(args, "as_process", False),
+        options.settings,
+        options.progress,
+        options.started,
+        options.as_process,
     )
-    print(f"demo report written to {report}")
+    print(f"demo report written to {written}")
     return 0

@@ -1,17 +1,18 @@
 """An advisory lock on a run directory, so that two processes never write one run.
 
-The lock is a small JSON file (owner's pid, host, command and start time) created with an
-atomic *create-if-absent*: its contents are written to a temporary file, which is then
-hard-linked to the lock's name (:func:`os.link` fails if the name exists), so the lock file
-is never seen half-written. A lock whose owner has died (same host, pid no longer running,
-or running but started at another time, i.e. a recycled pid) is stale and taken over with a
-message; a live owner, or one on another host that cannot be checked, is reported with
-its pid, and nothing is touched.
+The lock is the kernel's: an exclusive :func:`fcntl.flock` on a small file in the directory,
+which the kernel releases when its owner exits, however it exits (``SIGKILL`` included), so
+a pid that was recycled can never look like a live owner. The file also records who holds it
+(pid, host, command, start time) so that whoever finds it taken is told by whom. A file left
+behind by an owner that died is taken over with a message saying what it held; a record
+written on another host is respected (``flock`` does not reach across machines on every
+network file system), and the message says how to remove it if that run is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -26,45 +27,18 @@ __all__ = ["LOCK", "RunLock", "lock_owner"]
 LOCK = ".pyro-discrete.lock"
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (Linux), which tells a recycled pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # fields after the parenthesised command name; starttime is field 22 (index 19 here)
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
 def lock_owner(path: Path) -> dict | None:
-    """The owner recorded in the lock file ``path``; ``None`` if there is none."""
+    """The owner recorded in the lock file ``path``; ``None`` if there is none, ``{}`` if
+    the file holds something that is not an owner record."""
     try:
-        return json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {}  # unreadable: written by something else, treated as stale below
-
-
-def _is_stale(owner: dict) -> bool:
-    if not isinstance(owner.get("pid"), int):
-        return True
-    if owner.get("host") != socket.gethostname():
-        return False  # cannot be checked from here
-    if not _is_running(owner["pid"]):
-        return True
-    start = owner.get("start")
-    return start is not None and _process_start(owner["pid"]) not in (None, start)
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 def _describe(owner: dict) -> str:
@@ -72,6 +46,13 @@ def _describe(owner: dict) -> str:
         f"pid {owner.get('pid')} on host {owner.get('host')} "
         f"(`{owner.get('command', '?')}`, since {owner.get('since', '?')})"
     )
+
+
+def _what_is_there(text: str) -> str:
+    """What a lock file that holds no owner record holds, for the take-over message."""
+    if not text.strip():
+        return "an empty lock file"
+    return f"a lock file that holds no owner record ({text.strip()[:40]!r})"
 
 
 class RunLock:
@@ -86,76 +67,102 @@ class RunLock:
     def __init__(self, directory: Path, command: str, name: str = LOCK) -> None:
         self.path = Path(directory) / name
         self.command = command
-        self.held = False
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def _record(self) -> str:
-        return (
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "start": _process_start(os.getpid()),
-                    "command": self.command,
-                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                }
-            )
-            + "\n"
-        )
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        return json.dumps(owner) + "\n"
 
-    def _try_create(self) -> bool:
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self._record())
-        try:
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+    def _open_locked(self) -> int | None:
+        """A descriptor of the lock file, exclusively locked; ``None`` if a live process
+        holds it."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # the owner before us may have removed the file between our open and our lock:
+            # then we hold a lock on a file nobody else can see, and must open it again
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
 
     def acquire(self) -> RunLock:
-        for _ in range(3):  # a racing process may take over the same stale lock first
-            if self._try_create():
-                self.held = True
-                return self
-            owner = lock_owner(self.path)
-            if owner is None:
-                continue  # released between our attempt and the read
-            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-                raise CLIError(f"{self.path.parent} is already locked by this process")
-            if not _is_stale(owner):
-                raise CLIError(
-                    f"{self.path.parent} is in use by {_describe(owner)}; wait for it to "
-                    f"finish or stop it (if it is gone, delete {self.path})"
-                )
+        if self.held:
+            raise CLIError(f"{self.path.parent} is already locked by this process")
+        fd = self._open_locked()
+        if fd is None:
+            owner = lock_owner(self.path) or {}
+            raise CLIError(
+                f"{self.path.parent} is in use by {_describe(owner)}; wait for it to "
+                f"finish or stop it"
+            )
+        try:
+            left = os.read(fd, 4096).decode("utf-8", errors="replace")
+            self._take_over(left)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, self._record().encode("utf-8"))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def _take_over(self, left: str) -> None:
+        """Say what a lock file left by a process that is gone held (nothing if empty).
+
+        :raises CLIError: for the record of an owner on another host, which this host's
+            lock cannot tell alive or dead.
+        """
+        if not left:
+            return  # a new file
+        try:
+            owner = json.loads(left)
+        except ValueError:
+            owner = None
+        if not isinstance(owner, dict) or "pid" not in owner:
             print(
-                f"pyro-discrete: taking over the stale lock of {_describe(owner)}, which is "
-                "no longer running",
+                f"pyro-discrete: taking over the stale lock {self.path}: "
+                f"{_what_is_there(left)}, which no running process holds",
                 file=sys.stderr,
             )
-            self._discard(owner)
-        raise CLIError(f"could not lock {self.path.parent}: other processes keep taking it")
-
-    def _discard(self, stale: dict) -> None:
-        # Renaming is atomic, so of several processes taking over one stale lock only one
-        # moves it; a lock that turns out not to be the stale one (another process's fresh
-        # lock, created in between) is put back.
-        grave = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
-        try:
-            os.rename(self.path, grave)
-        except FileNotFoundError:
             return
-        if lock_owner(grave) != stale:
-            with contextlib.suppress(FileExistsError):
-                os.link(grave, self.path)
-        grave.unlink(missing_ok=True)
+        if owner.get("host") != socket.gethostname():
+            raise CLIError(
+                f"{self.path.parent} is in use by {_describe(owner)}, which cannot be "
+                f"checked from this host; wait for it to finish or stop it (if it is gone, "
+                f"delete {self.path})"
+            )
+        print(
+            f"pyro-discrete: taking over the stale lock of {_describe(owner)}, which is "
+            "no longer running",
+            file=sys.stderr,
+        )
 
     def release(self) -> None:
-        if self.held:
-            owner = lock_owner(self.path)
-            if owner and owner.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._fd is None:
+            return
+        # removed while still locked, so that no process finds a leftover file to take over
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()

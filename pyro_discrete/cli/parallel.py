@@ -26,29 +26,29 @@ configuration, the metrics rows and the checkpoints, and evaluates the result.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
+import signal
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
+import lightning.pytorch.strategies.launchers.subprocess_script as subprocess_launcher
 import pyro
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
-from pyro_discrete._io import atomic_write_text
 from pyro_discrete.lightning import DiscreteSVIModule, load_param_store_state, rank_seed
 
-from . import metrics, rundir
+from . import checkpoints
 from .errors import CLIError
-from .fit import NEW_RUN_DEFAULTS, _clear_for_new_run, _summarise, resume_point
-from .lock import RunLock
-from .tasks import Task, check_model_name, make_elbo, make_task
+from .options import FitOptions
+from .ranks import RankStop, interrupted, peer_died, watch_children
+from .run import Run
+from .tasks import Task, check_batch_size, make_elbo, make_task
 from .training import EMA
 
 __all__ = ["PARALLEL", "cmd_fit_parallel", "parallel_options"]
@@ -59,17 +59,17 @@ PARALLEL = "parallel"
 _BETAS = (0.9, 0.99999)
 
 
-def parallel_options(args: argparse.Namespace) -> dict:
+def parallel_options(options: FitOptions) -> dict:
     """The options of this module, as recorded in ``config.json``."""
     return {
-        "devices": args.devices,
-        "num_nodes": args.num_nodes,
-        "accelerator": args.accelerator,
-        "strategy": args.strategy or "ddp",
+        "devices": options.devices,
+        "num_nodes": options.num_nodes,
+        "accelerator": options.accelerator,
+        "strategy": options.strategy or "ddp",
     }
 
 
-def _global_rank(args: argparse.Namespace) -> int:
+def _global_rank(options: FitOptions) -> int:
     """This process's rank, known before the ``Trainer`` exists: Lightning's launcher,
     ``torchrun`` and SLURM set it in the environment; the launching process is rank 0."""
     if "RANK" in os.environ:
@@ -77,7 +77,7 @@ def _global_rank(args: argparse.Namespace) -> int:
     if "SLURM_PROCID" in os.environ:
         return int(os.environ["SLURM_PROCID"])
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
-    return node * args.devices + int(os.environ.get("LOCAL_RANK", 0))
+    return node * options.devices + int(os.environ.get("LOCAL_RANK", 0))
 
 
 class _Rows(Dataset):
@@ -130,11 +130,6 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None
         }
 
 
-def _on_cpu(state: dict) -> dict:
-    # a GPU run's checkpoint resumes on a CPU machine, as the single-process one does
-    return {**state, "params": {k: v.cpu() for k, v in state["params"].items()}}
-
-
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     store = pyro.get_param_store()
     return {
@@ -145,18 +140,16 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 
 class _RunDirectory(Callback):
     """Rank 0's writer: metrics rows every ``log_every`` steps, a checkpoint every
-    ``checkpoint_every`` steps and at the end, both in the single-process formats."""
+    ``checkpoint_every`` steps and at the end, both in the single-process formats, through
+    the :class:`~pyro_discrete.cli.run.Run` (committed, for a resumed run, once the
+    checkpoint has been restored on every process)."""
 
     def __init__(
-        self,
-        out: Path,
-        config: dict,
-        args: argparse.Namespace,
-        task: Task,
-        model: torch.nn.Module,
-        checkpoint: dict | None,
+        self, run: Run, writes: bool, options: FitOptions, task: Task, model: torch.nn.Module
     ) -> None:
-        self.out, self.config, self.args, self.task, self.model = out, config, args, task, model
+        self.run, self.writes, self.options = run, writes, options
+        self.task, self.model, self.config = task, model, run.config
+        checkpoint = run.checkpoint
         self.step = 0 if checkpoint is None else int(checkpoint["step"])
         self.first_step = self.step
         self.elapsed = 0.0 if checkpoint is None else float(checkpoint["elapsed"])
@@ -166,7 +159,6 @@ class _RunDirectory(Callback):
             self.ema.load_state_dict(checkpoint["ema"])
             self.smoothed = checkpoint["smoothed"]
         self.history: list[dict] = []
-        self.saved_step = None if checkpoint is None else self.step
         self.first_train_time = self.elapsed - self.excluded  # of the processes before
         self._clock = 0.0
 
@@ -182,103 +174,60 @@ class _RunDirectory(Callback):
                 f"{self.config['estimator']}: loss became {loss} at step {self.step} on "
                 f"process {trainer.global_rank}"
             )
-        if trainer.global_rank != 0:
+        if trainer.global_rank != 0 or not self.writes:
             return
+        self.run.commit()  # the checkpoint restored on every process: now the files change
         self.smoothed = -self.ema.update(loss / batch.shape[0])
         last = self.step == self.config["steps"]
-        if self.step % self.args.log_every == 0 or last:
+        if self.step % self.options.log_every == 0 or last:
             train_time = self.elapsed - self.excluded
             self.history.append(
                 {"step": self.step, "wall_time_s": train_time, "train_elbo_ema": self.smoothed}
             )
         t0 = time.perf_counter()
-        if self.step % self.args.checkpoint_every == 0 or last:
+        if self.step % self.options.checkpoint_every == 0 or last:
             self.save(trainer)
         elif self.history:
-            self._flush()
+            self.run.append_metrics(self.history)
         self.excluded += time.perf_counter() - t0
 
-    def _flush(self) -> None:
-        metrics.append_rows(self.out / rundir.METRICS, self.history)
-        self.history.clear()
-
     def save(self, trainer) -> None:
-        self._flush()
+        self.run.append_metrics(self.history)
         batches = len(self.task.loader(self.config["batch_size"], self.config["seed"], "cpu"))
         consumed = self.step * trainer.world_size  # minibatches of --batch-size seen
-        checkpoint = {
-            "format_version": rundir.FORMAT_VERSION,
-            "model_name": self.config["model"],
-            "config": {key: self.config[key] for key in rundir.TRAINING_OPTIONS},
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "excluded": self.excluded,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "param_store": _on_cpu(rundir.param_store_state()),
-            "optim": _optimizer_state(trainer.optimizers[0]),
-            "loader": {
-                "epoch": consumed // batches,
-                "position": consumed % batches,
-                "seed": self.config["seed"],
-            },
-            "rng": torch.get_rng_state(),
-            "ema": self.ema.state_dict(),
-            "smoothed": self.smoothed,
-        }
-        try:
-            rundir.save_checkpoint(self.out, checkpoint)
-        except OSError as e:
-            kept = "no checkpoint" if self.saved_step is None else f"step {self.saved_step}'s"
-            raise CLIError(
-                f"cannot write {self.out / rundir.CHECKPOINT} at step {self.step}: "
-                f"{e.strerror or e}; {kept} is intact: free space or make {self.out} "
-                "writable, then continue with --resume"
-            ) from None
-        self.saved_step = self.step
-
-
-def _config(args: argparse.Namespace) -> dict:
-    config = {"format_version": rundir.FORMAT_VERSION}
-    for key in rundir.TRAINING_OPTIONS:
-        value = getattr(args, key, None)
-        config[key] = NEW_RUN_DEFAULTS[key] if value is None else value
-    make_elbo(config["estimator"])  # validates the name before any data is loaded
-    check_model_name(config["model"])
-    config["steps"] = NEW_RUN_DEFAULTS["steps"] if args.steps is None else args.steps
-    config["device"] = args.accelerator
-    config[PARALLEL] = parallel_options(args)
-    return config
-
-
-def _prepare_resume(args: argparse.Namespace, out: Path, rank: int) -> tuple[dict, dict]:
-    """The updated config and the checkpoint; rank 0 also tidies the directory."""
-    config, checkpoint, steps = resume_point(args, out)
-    updated = {**config, "steps": steps, "device": args.accelerator}
-    updated[PARALLEL] = parallel_options(args)
-    if rank == 0 and steps > checkpoint["step"]:
-        for orphan in rundir.remove_orphaned_temporaries(out):
-            print(
-                f"pyro-discrete: removed {orphan.name}, left by a killed process", file=sys.stderr
+        self.run.save(
+            checkpoints.make_checkpoint(
+                self.config,
+                step=self.step,
+                elapsed=self.elapsed,
+                excluded=self.excluded,
+                model=self.model,
+                optim=_optimizer_state(trainer.optimizers[0]),
+                loader={
+                    "epoch": consumed // batches,
+                    "position": consumed % batches,
+                    "seed": self.config["seed"],
+                },
+                ema=self.ema.state_dict(),
+                smoothed=self.smoothed,
             )
-        metrics.truncate_metrics(out / rundir.METRICS, checkpoint["step"])
-        (out / rundir.SUMMARY).unlink(missing_ok=True)  # an extended run is unfinished again
-        if updated != config:
-            rundir.write_config(out, updated)
-    return updated, checkpoint
+        )
 
 
-def _train(args, out: Path, config: dict, task: Task, checkpoint: dict | None, rank: int) -> int:
+def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
+    """Train the run to its steps; ``run`` is read-only on every rank but 0."""
+    config, checkpoint = run.config, run.checkpoint
     pyro.clear_param_store()
     pyro.set_rng_seed(config["seed"])  # the same initial parameters on every process
     model = task.build_model()
     if checkpoint is not None:
-        rundir.load_model_state(model, checkpoint["model"], out, config["model"])
-    start = 0 if checkpoint is None else int(checkpoint["step"])
+        checkpoints.load_model_state(model, checkpoint["model"], run.directory, config["model"])
+    start = run.start_step
     if start >= config["steps"]:
         if rank == 0:
             print(
-                f"pyro-discrete fit: the run in {out} is at step {start}; nothing to do "
-                "(pass a larger --steps to continue it)",
+                f"pyro-discrete fit: the run in {run.directory} is at step {start}; nothing "
+                "to do (pass a larger --steps to continue it)",
                 file=sys.stderr,
             )
         return 0
@@ -298,101 +247,98 @@ def _train(args, out: Path, config: dict, task: Task, checkpoint: dict | None, r
         batch_to_args=lambda batch: (task.args(batch), {}),
         checkpoint=checkpoint,
     )
-    writer = _RunDirectory(out, config, args, task, model, checkpoint)
-    options = parallel_options(args)
+    writer = _RunDirectory(run, rank == 0, options, task, model)
+    parallel = parallel_options(options)
     trainer = pl.Trainer(
         max_steps=config["steps"] - start,
         max_epochs=-1,
-        devices=options["devices"],
-        num_nodes=options["num_nodes"],
-        accelerator=options["accelerator"],
-        strategy=options["strategy"],
+        devices=parallel["devices"],
+        num_nodes=parallel["num_nodes"],
+        accelerator=parallel["accelerator"],
+        strategy=parallel["strategy"],
         callbacks=[writer],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=not args.no_progress and rank == 0,
-        default_root_dir=str(out),
+        enable_progress_bar=options.progress and rank == 0,
+        default_root_dir=str(run.directory),
     )
     if rank == 0:
         print(
             f"fit: {config['model']} with {config['estimator']} on {task.data_name}, steps "
-            f"{start} -> {config['steps']} on {trainer.world_size} process(es), output {out}",
+            f"{start} -> {config['steps']} on {trainer.world_size} process(es), output "
+            f"{run.directory}",
             file=sys.stderr,
         )
-    trainer.fit(module, loader)
+    if rank == 0:  # Lightning starts ranks 1 to W-1 as children of this process
+        subprocess_launcher._launch_process_observer = watch_children
+    stop = RankStop(trainer)
+    try:
+        with stop:
+            trainer.fit(module, loader)
+    except SIGTERMException:
+        if rank != 0:
+            return 0  # stopped with rank 0, which saves and reports
+        return interrupted(writer, trainer, stop.signum or signal.SIGTERM)
+    except RuntimeError as e:  # a collective failed: a peer process died
+        raise CLIError(peer_died(rank, writer, e)) from None
     if trainer.global_rank != 0:
         return 0
     model.to("cpu")
-    summary = _summarise_parallel(writer, task, out, args, model, trainer.world_size)
-    print(
-        f"valid ELBO {summary['valid_elbo']:.2f} nats ({summary['valid_examples']} examples, "
-        f"one sample each); run saved in {out}"
+    train_time = writer.elapsed - writer.excluded
+    kind = SimpleNamespace(
+        description=f"eager step, data-parallel on {trainer.world_size} process(es) through "
+        "Lightning"
+    )
+    done = SimpleNamespace(step=writer.step, train_time=train_time, model=model, step_choice=kind)
+    examples = (writer.step - writer.first_step) * batch_size * trainer.world_size
+    this_session = train_time - writer.first_train_time
+    run.summarise(
+        done,
+        task,
+        options.eval_examples,
+        torch.device("cpu"),
+        processes=trainer.world_size,
+        examples_per_s=round(examples / this_session, 1) if this_session > 0 else None,
     )
     return 0
 
 
-def _summarise_parallel(
-    writer: _RunDirectory, task: Task, out: Path, args, model, world_size: int
-) -> dict:
-    """The single-process ``summary.json``, plus the processes and examples per second."""
-    train_time = writer.elapsed - writer.excluded
-    kind = SimpleNamespace(
-        description=f"eager step, data-parallel on {world_size} process(es) through Lightning"
-    )
-    done = SimpleNamespace(step=writer.step, train_time=train_time, model=model, step_choice=kind)
-    summary = _summarise(done, task, out, args.eval_examples, torch.device("cpu"))
-    summary["processes"] = world_size
-    examples = (writer.step - writer.first_step) * writer.config["batch_size"] * world_size
-    this_session = train_time - writer.first_train_time
-    summary["examples_per_s"] = round(examples / this_session, 1) if this_session > 0 else None
-    atomic_write_text(out / rundir.SUMMARY, json.dumps(summary, indent=2) + "\n")
-    return summary
+def _task(run: Run) -> Task:
+    config = run.config
+    return make_task(config["model"], config["data"], config["binarization"], config["seed"])
 
 
-def cmd_fit_parallel(args: argparse.Namespace) -> int:
+def cmd_fit_parallel(options: FitOptions) -> int:
     """``fit`` through Lightning's ``Trainer`` on ``--devices`` × ``--num-nodes`` processes."""
-    if args.device != "cpu":
+    if options.device != "cpu":
         raise CLIError("--device does not apply with --devices/--strategy: use --accelerator")
-    if getattr(args, "compile", "auto") == "on":
+    if options.compile == "on":
         raise CLIError(
             "--compile on does not apply with --devices/--strategy: the data-parallel path "
             "trains with the eager step (see docs/data_parallel.md); drop --compile"
         )
-    out = Path(args.out)
-    rank = _global_rank(args)
+    rank = _global_rank(options)
+    updates = {"device": options.accelerator, PARALLEL: parallel_options(options)}
     if rank != 0:  # started by rank 0 (or a scheduler): read, never write, the directory
-        if args.resume:
-            config, checkpoint = _prepare_resume(args, out, rank)
+        if options.resume:
+            run = Run.open(options.out, options.given, options.steps, updates)
         else:
-            config, checkpoint = _config(args), None
-        task = make_task(config["model"], config["data"], config["binarization"], config["seed"])
-        return _train(args, out, config, task, checkpoint, rank)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
-    if args.resume:
-        if not (out / rundir.CONFIG).is_file():
-            rundir.read_config(out)  # the message for a directory that is no run
-        with RunLock(out, "pyro-discrete fit --resume"):
-            config, checkpoint = _prepare_resume(args, out, rank)
-            if checkpoint["step"] == config["steps"] and (out / rundir.SUMMARY).is_file():
+            config = options.new_run_config(options.accelerator)
+            run = Run(options.out, {**config, PARALLEL: parallel_options(options)})
+        return _train(options, run, _task(run), rank)
+    if options.resume:
+        with Run.resume(options.out, options.given, options.steps, updates) as run:
+            if run.finished:
                 print(
-                    f"pyro-discrete fit: the run in {out} already finished at step "
-                    f"{config['steps']}; nothing to do",
+                    f"pyro-discrete fit: the run in {run.directory} already finished at step "
+                    f"{run.start_step}; nothing to do",
                     file=sys.stderr,
                 )
                 return 0
-            task = make_task(
-                config["model"], config["data"], config["binarization"], config["seed"]
-            )
-            return _train(args, out, config, task, checkpoint, rank)
-    config = _config(args)
+            return _train(options, run, _task(run), rank)
+    config = {**options.new_run_config(options.accelerator), PARALLEL: parallel_options(options)}
     task = make_task(config["model"], config["data"], config["binarization"], config["seed"])
-    if out.exists() and not args.overwrite:
-        _clear_for_new_run(out, overwrite=False)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out, "pyro-discrete fit"):
-        _clear_for_new_run(out, args.overwrite)
-        rundir.write_config(out, config)
-        metrics.start_metrics(out / rundir.METRICS)
-        return _train(args, out, config, task, None, rank)
+    check_batch_size(config["batch_size"], task)
+    with Run.create(options.out, config, options.overwrite) as run:
+        return _train(options, run, task, rank)

@@ -9,13 +9,21 @@ from __future__ import annotations
 import argparse
 
 from pyro_discrete.infer import ESTIMATORS
-from pyro_discrete.models import MODELS
+from pyro_discrete.models import MODEL_SPECS
 
-from .compare import cmd_compare
+from .compare import CompareOptions, cmd_compare
 from .compiling import COMPILE_BACKENDS, COMPILE_MODES
 from .demo import DEMO_ESTIMATORS, cmd_demo
-from .evaluate import cmd_evaluate
+from .evaluate import add_evaluate_parser
 from .fit import cmd_fit
+from .options import (
+    FIT_DEFAULTS,
+    FitOptions,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_number,
+)
 
 __all__ = ["build_parser"]
 
@@ -40,44 +48,23 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
-class _Recorded(argparse.Action):
-    """Stores the value and notes the option in ``namespace.given``.
-
-    ``fit --resume`` refuses training options that differ from the run's, and only options
-    given on the command line can differ (the others take the run's values).
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.given = {*getattr(namespace, "given", ()), self.dest}
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     """Model, data, device, seed and display options of ``fit``, ``compare`` and ``demo``."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--model",
-        action=_Recorded,
         default=model_default,
-        help=f"one of: {', '.join(sorted(MODELS))}",
+        help=f"one of: {', '.join(MODEL_SPECS)}",
     )
     p.add_argument(
         "--data",
-        action=_Recorded,
         default=None,
-        choices=["mnist", "fashion_mnist"],
-        help="data for the VAEs (default mnist; the mixture of experts always uses synthetic data)",
+        choices=sorted({data for spec in MODEL_SPECS.values() for data in spec.data}),
+        help="data set (default: the model's first): "
+        + "; ".join(f"{spec.name}: {', '.join(spec.data)}" for spec in MODEL_SPECS.values()),
     )
     p.add_argument(
         "--binarization",
-        action=_Recorded,
         default="static",
         choices=["static", "dynamic"],
         help="one fixed Bernoulli draw of the images, or a fresh one per batch",
@@ -99,13 +86,12 @@ def _run_options(model_default: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        action=_Recorded,
-        type=int,
+        type=seed_number,
         default=0,
         help="seed of the initialisation, data order and binarisation",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--threads", type=_positive_int, default=1, help=_THREADS_HELP)
+    p.add_argument("--threads", type=positive_int, default=1, help=_THREADS_HELP)
     return p
 
 
@@ -116,16 +102,13 @@ def _optimisation_options() -> argparse.ArgumentParser:
     ``set_defaults`` (``demo``'s own learning rate) would change them for every subcommand.
     """
     p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--batch-size", type=positive_int, default=24, help="minibatch size")
     p.add_argument(
-        "--batch-size", action=_Recorded, type=_positive_int, default=24, help="minibatch size"
-    )
-    p.add_argument(
-        "--lr", action=_Recorded, type=float, default=3e-4, help="Adam learning rate of the model"
+        "--lr", type=positive_float, default=3e-4, help="Adam learning rate of the model"
     )
     p.add_argument(
         "--cv-lr-factor",
-        action=_Recorded,
-        type=float,
+        type=positive_float,
         default=10.0,
         help="control-variate learning rate as a multiple of --lr",
     )
@@ -141,35 +124,33 @@ def _add_fit(sub) -> None:
         description="Train one model with one estimator; checkpoints every --checkpoint-every "
         "steps, and --resume continues a run exactly.",
     )
-    fit.add_argument(
-        "--estimator", action=_Recorded, default=None, help=f"one of: {', '.join(ESTIMATORS)}"
-    )
+    fit.add_argument("--estimator", default=None, help=f"one of: {', '.join(ESTIMATORS)}")
     fit.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
-        help="total training steps (default 1000, or the run's own on --resume)",
+        help="total training steps",
     )
     fit.add_argument("--out", required=True, help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit.add_argument(
-        "--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints"
+        "--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints"
     )
     fit.add_argument(
-        "--log-every", type=_positive_int, default=50, help="steps between rows of metrics.csv"
+        "--log-every", type=positive_int, default=50, help="steps between rows of metrics.csv"
     )
     fit.add_argument(
         "--eval-examples",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="validation examples for the final ELBO",
     )
     # data-parallel training through Lightning (pyro_discrete.cli.parallel)
     fit.add_argument(
-        "--devices", type=_positive_int, default=1, help="processes (CPU) or GPUs per machine"
+        "--devices", type=positive_int, default=1, help="processes (CPU) or GPUs per machine"
     )
-    fit.add_argument("--num-nodes", type=_positive_int, default=1, help="machines")
+    fit.add_argument("--num-nodes", type=positive_int, default=1, help="machines")
     fit.add_argument(
         "--accelerator", choices=["cpu", "gpu"], default="cpu", help="with --devices > 1"
     )
@@ -179,7 +160,15 @@ def _add_fit(sub) -> None:
         default=None,
         help="train through Lightning's Trainer (implied by --devices or --num-nodes > 1)",
     )
-    fit.set_defaults(func=cmd_fit)
+    # the training options of fit default to None, "not given": a new run takes
+    # FIT_DEFAULTS, a resumed run its own values (and refuses a given one that differs)
+    for action in fit._actions:
+        if action.dest in FIT_DEFAULTS:
+            shown = "the model's first" if action.dest == "data" else FIT_DEFAULTS[action.dest]
+            action.help = f"{action.help} (default {shown}, or the run's own on --resume)"
+    fit.set_defaults(
+        func=cmd_fit, make_options=FitOptions.from_namespace, **dict.fromkeys(FIT_DEFAULTS)
+    )
 
 
 def _comparison_options(
@@ -193,14 +182,14 @@ def _comparison_options(
     )
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"training steps per run (default {steps}; an upper bound under --time-budget; "
         "not with --equal time)",
     )
     p.add_argument(
         "--time-budget",
-        type=float,
+        type=positive_float,
         default=budget,
         help="seconds of wall time for the whole command, evaluations and report included, "
         "from its start: a short calibration times steps and measurements, the rest is "
@@ -208,7 +197,7 @@ def _comparison_options(
     )
     p.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="independent initialisations and data orders per estimator (seeds --seed, "
         "--seed+1, ...); with 2 or more the report gives 95%% intervals over seeds and ranks "
@@ -229,31 +218,31 @@ def _comparison_options(
     )
     p.add_argument(
         "--variance-points",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="points of the reference run where variances are measured",
     )
     p.add_argument(
         "--variance-samples",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="gradient draws per estimator and point",
     )
     p.add_argument(
         "--eval-points",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="points of each run where the ELBO is evaluated",
     )
     p.add_argument(
         "--eval-examples",
-        type=_positive_int,
+        type=positive_int,
         default=2000,
         help="training examples for the ELBO curves (and validation examples for --iw-samples)",
     )
     p.add_argument(
         "--iw-samples",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="also report a K-sample importance-weighted bound on validation examples (0: skip)",
     )
@@ -277,7 +266,7 @@ def _add_compare_and_demo(sub) -> None:
         "report.md, results.csv and PNG plots to --out.",
     )
     _comparison_options(compare, 2000, None, None)
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=cmd_compare, make_options=CompareOptions.from_namespace)
 
     demo = sub.add_parser(
         "demo",
@@ -290,43 +279,13 @@ def _add_compare_and_demo(sub) -> None:
         "steps as --time-budget allows.",
     )
     _comparison_options(demo, 20000, "runs/demo", 480.0)
-    demo.set_defaults(func=cmd_demo, lr=1e-3, iw_samples=100, eval_examples=1000)
-
-
-def _add_evaluate(sub) -> None:
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="importance-weighted bound of a fitted model",
-        formatter_class=_DefaultsHelpFormatter,
-        description="The K-sample importance-weighted bound on log p(x) (Burda et al. 2016), "
-        "per example and averaged, for the checkpoint of a `fit` run.",
+    demo.set_defaults(
+        func=cmd_demo,
+        make_options=CompareOptions.from_namespace,
+        lr=1e-3,
+        iw_samples=100,
+        eval_examples=1000,
     )
-    evaluate.add_argument("--checkpoint", required=True, help="run directory of `fit`")
-    evaluate.add_argument(
-        "--samples", type=_positive_int, nargs="+", default=[100], help="one or more K"
-    )
-    evaluate.add_argument("--split", default="test", choices=["valid", "test"])
-    evaluate.add_argument(
-        "--max-examples",
-        type=_positive_int,
-        default=None,
-        help="evaluate on the first N examples of the split only",
-    )
-    evaluate.add_argument(
-        "--batch-size", type=_positive_int, default=100, help="examples per vectorised pass"
-    )
-    evaluate.add_argument("--model", default=None, help="assert the checkpoint's model")
-    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
-    evaluate.add_argument("--json", default=None, help="also write the bounds to this file")
-    evaluate.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice; evaluation "
-        "batches are large enough to gain from several)",
-    )
-    evaluate.set_defaults(func=cmd_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,5 +297,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_fit(sub)
     _add_compare_and_demo(sub)
-    _add_evaluate(sub)
+    add_evaluate_parser(sub, _DefaultsHelpFormatter)
     return parser

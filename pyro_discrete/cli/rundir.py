@@ -1,4 +1,4 @@
-"""The run directory of ``pyro-discrete fit``: configuration, checkpoint and metrics files.
+"""The run directory of ``pyro-discrete fit``: its files' names and its configuration.
 
 A run directory holds ``config.json`` (the options the run was started with),
 ``checkpoint.pt`` (everything needed to continue it exactly), ``metrics.csv`` (the training
@@ -9,15 +9,9 @@ curve) and, once it has finished, ``summary.json``. Every file is replaced atomi
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import pyro
-import torch
-from torch import nn
-from torch.distributions import constraints
-
-from pyro_discrete._io import atomic_torch_save, atomic_write_text, orphaned_temporaries
+from pyro_discrete._io import atomic_write_text, orphaned_temporaries
 
 from .errors import CLIError
 
@@ -27,14 +21,10 @@ __all__ = [
     "METRICS",
     "SUMMARY",
     "FORMAT_VERSION",
-    "param_store_state",
-    "load_param_store_state",
+    "TRAINING_OPTIONS",
+    "damaged",
     "read_config",
     "write_config",
-    "load_checkpoint",
-    "save_checkpoint",
-    "check_same_run",
-    "load_model_state",
     "option_flag",
     "remove_orphaned_temporaries",
 ]
@@ -67,83 +57,12 @@ _CONFIG_FIELDS = {
     "seed": int,
     "steps": int,
 }
-_CHECKPOINT_FIELDS = {
-    "step": int,
-    "elapsed": (int, float),
-    "excluded": (int, float),
-    "model": dict,
-    "param_store": dict,
-    "optim": dict,
-    "loader": dict,
-    "rng": torch.Tensor,
-}
-_ZIP_MAGIC = b"PK\x03\x04"
-
-# Constraints stored by name, so that a checkpoint holds plain tensors and strings only
-# and loads with ``torch.load(weights_only=True)``, which cannot run code.
-_CONSTRAINTS = {
-    "Real()": constraints.real,
-    "GreaterThan(lower_bound=0.0)": constraints.positive,
-    "Interval(lower_bound=0.0, upper_bound=1.0)": constraints.unit_interval,
-    "Simplex()": constraints.simplex,
-}
-
-
-def param_store_state(prefix: str = "") -> dict:
-    """Unconstrained values and constraint names of the store's parameters (``prefix``-ed).
-
-    Plain tensors and strings only, so checkpoints load with ``torch.load(weights_only=True)``
-    and cannot run code.
-
-    :raises ValueError: for a parameter whose constraint has no stored name.
-    """
-    store = pyro.get_param_store()
-    known = store.get_state()["constraints"]
-    params, names = {}, {}
-    for name, value in store.named_parameters():
-        if not name.startswith(prefix):
-            continue
-        key = repr(known[name])
-        if key not in _CONSTRAINTS:
-            raise ValueError(f"cannot checkpoint parameter {name!r} with constraint {key}")
-        params[name] = value.detach().clone()
-        names[name] = key
-    return {"params": params, "constraints": names}
-
-
-def load_param_store_state(state: dict) -> None:
-    """Restore :func:`param_store_state` output into the live param store.
-
-    Existing parameters are overwritten *in place* so that modules registered with
-    :func:`pyro.module` stay tied to the store; missing ones (control-variate state created
-    lazily by an estimator) are added, and the estimator picks them up when it registers
-    them (``pyro.param`` returns stored values; control-variate networks are registered with
-    ``update_module_params=True``).
-    """
-    store = pyro.get_param_store()
-    current = dict(store.named_parameters())
-    missing = {}
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            if name in current:
-                current[name].copy_(value)
-            else:
-                missing[name] = value.clone().requires_grad_()
-    if missing:
-        store.set_state(
-            {
-                "params": missing,
-                "constraints": {n: _CONSTRAINTS[state["constraints"][n]] for n in missing},
-            }
-        )
-
-
 def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join("number" if k is float else k.__name__ for k in kinds)
 
 
-def _damaged(path: Path, what: str) -> CLIError:
+def damaged(path: Path, what: str) -> CLIError:
     return CLIError(
         f"{path} {what}; it was not written whole by pyro-discrete fit (which replaces its "
         "files atomically) or was changed since: restore it, or start the run again with "
@@ -165,19 +84,19 @@ def read_config(run_dir: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise _damaged(path, "is not text") from None
+        raise damaged(path, "is not text") from None
     except json.JSONDecodeError as e:
         detail = f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
-        raise _damaged(path, detail) from None
+        raise damaged(path, detail) from None
     if not isinstance(config, dict):
-        raise _damaged(path, "does not hold a JSON object")
+        raise damaged(path, "does not hold a JSON object")
     wrong = [
         f"{key} ({_type_name(kind)})"
         for key, kind in _CONFIG_FIELDS.items()
         if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)
     ]
     if wrong:
-        raise _damaged(path, f"lacks or mistypes {', '.join(wrong)}")
+        raise damaged(path, f"lacks or mistypes {', '.join(wrong)}")
     return config
 
 
@@ -185,127 +104,9 @@ def write_config(run_dir: Path, config: dict) -> None:
     atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2) + "\n")
 
 
-def _read_error(path: Path, error: Exception) -> CLIError:
-    text = str(error)
-    unsupported = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
-    if unsupported:
-        # torch's own advice here (weights_only=False) would run whatever code the file holds
-        return CLIError(
-            f"{path} holds a Python object ({unsupported.group(1)}), not only tensors; "
-            "pyro-discrete checkpoints hold tensors and plain values, and loading other "
-            "objects could run code, so it is not loaded"
-        )
-    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
-    if not first or "weights_only" in first:
-        first = type(error).__name__
-    return _damaged(path, f"is truncated or damaged (torch.load: {first})")
-
-
-def _read_checkpoint_file(path: Path) -> object:
-    with path.open("rb") as f:
-        head = f.read(4)
-    if not head:
-        raise _damaged(path, "is empty (0 bytes)")
-    if head != _ZIP_MAGIC:
-        raise _damaged(
-            path,
-            f"is not a PyTorch checkpoint (it starts with {head!r}, not the "
-            "zip header that torch.save writes)",
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every unreadable file is reported alike
-        raise _read_error(path, e) from None
-
-
-def _first_non_finite(tensors: dict) -> str | None:
-    for name, value in tensors.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
-            return name
-    return None
-
-
-def _check_finite(path: Path, checkpoint: dict) -> None:
-    sources = {
-        "model parameter": checkpoint["model"],
-        "param-store entry": checkpoint["param_store"].get("params", {}),
-        "optimiser state of": {
-            f"{name} ({key})": value
-            for name, state in checkpoint["optim"].items()
-            if isinstance(state, dict)
-            for key, value in state.items()
-        },
-    }
-    for what, tensors in sources.items():
-        name = _first_non_finite(tensors)
-        if name is not None:
-            raise CLIError(
-                f"{path} holds NaN or infinite values ({what} {name!r}), so it cannot be "
-                "continued or evaluated: the run diverged before this checkpoint was written, or "
-                "the file was changed; start again with --overwrite (and a lower --lr)"
-            )
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    """The ``checkpoint.pt`` of a run directory, loaded with ``weights_only=True`` and checked.
-
-    :raises CLIError: if it is missing, empty, not a checkpoint, lacks a field, or holds
-        non-finite values; the message names the file and the problem.
-    """
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        raise CLIError(
-            f"{run_dir} has no {CHECKPOINT} (the run stopped before its first "
-            "checkpoint); start it again with --overwrite"
-        )
-    checkpoint = _read_checkpoint_file(path)
-    if not isinstance(checkpoint, dict):
-        raise _damaged(path, f"holds a {type(checkpoint).__name__}, not a checkpoint")
-    wrong = [
-        f"{key!r}"
-        for key, kind in _CHECKPOINT_FIELDS.items()
-        if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool)
-    ]
-    store = checkpoint["param_store"]
-    if not isinstance(store.get("params"), dict) or not isinstance(store.get("constraints"), dict):
-        wrong.append("'param_store' (params and constraints)")
-    elif any(store["constraints"].get(n) not in _CONSTRAINTS for n in store["params"]):
-        wrong.append("'param_store' (a constraint without a stored name)")
-    if wrong:
-        raise _damaged(path, f"lacks or mistypes {', '.join(wrong)}")
-    _check_finite(path, checkpoint)
-    return checkpoint
-
-
-def check_same_run(checkpoint: dict, config: dict, run_dir: Path) -> None:
-    """:raises CLIError: if the checkpoint was written by a run with other options."""
-    if checkpoint.get("model_name") != config["model"]:
-        raise CLIError(
-            f"{run_dir}: {CHECKPOINT} holds a {checkpoint.get('model_name')!r} model but "
-            f"{CONFIG} says {config['model']!r}; the directory mixes two runs"
-        )
-    # the model was compared above (by name; its parameters are checked when loaded)
-    written_by = checkpoint.get("config", {})
-    differences = [
-        f"{option_flag(key)} {written_by[key]} (config.json: {config[key]})"
-        for key in TRAINING_OPTIONS
-        if key != "model" and key in written_by and written_by[key] != config[key]
-    ]
-    if differences:
-        raise CLIError(
-            f"{run_dir}: {CHECKPOINT} was written by a run with {', '.join(differences)}; the "
-            "directory mixes two runs: put back the run's own checkpoint or start again with "
-            "--overwrite"
-        )
-
-
 def option_flag(key: str) -> str:
     """The command-line flag of a config key: ``batch_size`` -> ``--batch-size``."""
     return "--" + key.replace("_", "-")
-
-
-def save_checkpoint(run_dir: Path, checkpoint: dict) -> None:
-    atomic_torch_save(checkpoint, run_dir / CHECKPOINT)
 
 
 def remove_orphaned_temporaries(run_dir: Path) -> list[Path]:
@@ -324,13 +125,3 @@ def remove_orphaned_temporaries(run_dir: Path) -> list[Path]:
     return orphans
 
 
-def load_model_state(model: nn.Module, state: dict, run_dir: Path, model_name: str) -> None:
-    """Load a checkpoint's model parameters; :raises CLIError: if they belong to another model."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CLIError(
-            f"the checkpoint in {run_dir} does not fit model {model_name!r} ({first}); it was "
-            "written for another model or model version"
-        ) from None

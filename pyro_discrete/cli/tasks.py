@@ -18,12 +18,24 @@ from pyro_discrete.datasets import (
     training_mean,
 )
 from pyro_discrete.infer import ESTIMATORS, DiscreteELBO, control_variate_lr
-from pyro_discrete.models import MODELS, synthetic_moe_data
+from pyro_discrete.models import MODEL_SPECS, ModelSpec, synthetic_moe_data
 from pyro_discrete.optim import MultiTensorAdam
 
 from .errors import CLIError
 
-__all__ = ["Task", "check_model_name", "make_elbo", "make_task", "make_device", "make_optimizer"]
+__all__ = [
+    "DATA_SOURCES",
+    "DataSource",
+    "Task",
+    "check_batch_size",
+    "check_model_name",
+    "data_for",
+    "describe_data",
+    "make_device",
+    "make_elbo",
+    "make_optimizer",
+    "make_task",
+]
 
 
 def make_elbo(name: str, **options) -> DiscreteELBO:
@@ -40,10 +52,28 @@ def make_elbo(name: str, **options) -> DiscreteELBO:
     return ESTIMATORS[name](**options)
 
 
-def check_model_name(name: str) -> None:
-    """:raises CLIError: for an unknown model name, listing the valid ones."""
-    if name not in MODELS:
-        raise CLIError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+def check_model_name(name: str) -> ModelSpec:
+    """The registry entry of model ``name``; :raises CLIError: for an unknown name, listing
+    the valid ones."""
+    if name not in MODEL_SPECS:
+        raise CLIError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_SPECS))}")
+    return MODEL_SPECS[name]
+
+
+def data_for(model_name: str, data: str | None) -> str:
+    """The ``--data`` of a run of ``model_name``: ``data``, or the model's default.
+
+    :raises CLIError: for an unknown model, or data the model is not trained on.
+    """
+    spec = check_model_name(model_name)
+    if data is None:
+        return spec.default_data
+    if data not in spec.data:
+        raise CLIError(
+            f"--data {data} is not a data set of model {model_name!r}, which trains on "
+            f"{' or '.join(spec.data)}; pass one of those, or drop --data"
+        )
+    return data
 
 
 @dataclass
@@ -63,7 +93,7 @@ class Task:
     train_probs: torch.Tensor | None = None  # grey levels, for dynamic binarisation
 
     def build_model(self) -> nn.Module:
-        return MODELS[self.model_name](**self.model_kwargs)
+        return MODEL_SPECS[self.model_name].build(**self.model_kwargs)
 
     def loader(self, batch_size: int, seed: int, device: torch.device) -> MinibatchIterator:
         if self.train_probs is not None:
@@ -71,13 +101,13 @@ class Task:
         return MinibatchIterator(self.train, batch_size, seed=seed, device=device)
 
 
-def _mixture_of_experts_task(data_seed: int) -> Task:
+def _mixture_of_experts_task(model_name: str, binarization: str, data_seed: int) -> Task:
     moe = synthetic_moe_data(num_points=12_000, seed=data_seed)
     rows = torch.cat([moe.x, moe.y], -1)
     parts = {"train": rows[:10_000], "valid": rows[10_000:11_000], "test": rows[11_000:]}
     input_dim = moe.x.shape[-1]
     return Task(
-        "mixture_of_experts",
+        model_name,
         "synthetic_moe",
         parts["train"],
         {"input_dim": input_dim, "output_dim": moe.y.shape[-1]},
@@ -86,38 +116,86 @@ def _mixture_of_experts_task(data_seed: int) -> Task:
     )
 
 
+def _image_task(data: str, binarized, grey_levels) -> Callable[[str, str, int], Task]:
+    def load(model_name: str, binarization: str, data_seed: int) -> Task:
+        def split(name):
+            return binarized(name, "static", seed=data_seed)
+
+        probs = grey_levels() if binarization == "dynamic" else None
+        train = split("train") if probs is None else probs
+        kwargs = {"x_mean": training_mean(data)}
+        return Task(model_name, data, train, kwargs, lambda r: (r,), split, probs)
+
+    return load
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A ``--data`` name: how to load it for a model, and how the report names it."""
+
+    name: str
+    report_name: str
+    #: whether ``--binarization`` applies (images with grey levels)
+    binarized: bool
+    load: Callable[[str, str, int], Task]
+
+
+#: every ``--data`` of the command line; :data:`~pyro_discrete.models.MODEL_SPECS` says
+#: which a model trains on
+DATA_SOURCES: dict[str, DataSource] = {
+    source.name: source
+    for source in (
+        DataSource(
+            "mnist",
+            "MNIST",
+            True,
+            _image_task("mnist", binarized_mnist, lambda: mnist_probabilities("train")),
+        ),
+        DataSource(
+            "fashion_mnist",
+            "Fashion-MNIST",
+            True,
+            _image_task("fashion_mnist", fashion_mnist, lambda: fashion_mnist("train")),
+        ),
+        DataSource(
+            "synthetic_moe", "synthetic mixture-of-experts data", False, _mixture_of_experts_task
+        ),
+    )
+}
+
+
+def describe_data(data: str, binarization: str) -> str:
+    """How the report names the data of a run, e.g. ``statically binarised MNIST``."""
+    source = DATA_SOURCES[data]
+    if not source.binarized:
+        return source.report_name
+    return f"{binarization}ally binarised {source.report_name}"
+
+
 def make_task(
-    model_name: str, data: str = "mnist", binarization: str = "static", data_seed: int = 0
+    model_name: str, data: str | None = None, binarization: str = "static", data_seed: int = 0
 ) -> Task:
-    """Load the data a model is trained on.
+    """Load the data a model is trained on (``data``: one of the model's
+    :attr:`~pyro_discrete.models.ModelSpec.data`, default its first).
 
     Belief nets and the categorical VAE use binarised MNIST (``data="mnist"``) or
     Fashion-MNIST (``data="fashion_mnist"``); the mixture of experts uses
     :func:`~pyro_discrete.models.synthetic_moe_data` (10,000 / 1,000 / 1,000 points).
     """
-    check_model_name(model_name)
+    data = data_for(model_name, data)
     if binarization not in ("static", "dynamic"):
         raise CLIError(f"--binarization must be static or dynamic, got {binarization!r}")
-    if model_name == "mixture_of_experts":
-        return _mixture_of_experts_task(data_seed)
-    if data == "mnist":
+    return DATA_SOURCES[data].load(model_name, binarization, data_seed)
 
-        def split(name):
-            return binarized_mnist(name, "static", seed=data_seed)
 
-        probs = mnist_probabilities("train") if binarization == "dynamic" else None
-        mean = training_mean("mnist")
-    elif data == "fashion_mnist":
-
-        def split(name):
-            return fashion_mnist(name, "static", seed=data_seed)
-
-        probs = fashion_mnist("train") if binarization == "dynamic" else None
-        mean = training_mean("fashion_mnist")
-    else:
-        raise CLIError(f"unknown data set {data!r}; valid: mnist, fashion_mnist")
-    train = split("train") if probs is None else probs
-    return Task(model_name, data, train, {"x_mean": mean}, lambda r: (r,), split, probs)
+def check_batch_size(batch_size: int, task: Task) -> None:
+    """:raises CLIError: for a minibatch larger than the training data."""
+    rows = int(task.train.shape[0])
+    if batch_size > rows:
+        raise CLIError(
+            f"--batch-size {batch_size} is larger than the {rows} training examples of "
+            f"{task.data_name}; pass at most {rows}"
+        )
 
 
 def make_device(name: str) -> torch.device:

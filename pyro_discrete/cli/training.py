@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,16 +16,13 @@ from pyro_discrete.infer import DiscreteELBO
 from pyro_discrete.optim import MultiTensorAdam
 
 from .compiling import EAGER, StepChoice, make_svi
-from .errors import Interrupted
 from .tasks import Task, make_elbo, make_optimizer
 
 __all__ = [
     "EMA",
-    "StopRequest",
     "RunState",
     "advance",
     "new_run",
-    "progress_bar",
     "register_modules",
 ]
 
@@ -52,53 +46,11 @@ class EMA:
         self.decay, self.value, self.count = state["decay"], state["value"], state["count"]
 
 
-class StopRequest:
-    """Within its ``with`` block, ``SIGINT`` and ``SIGTERM`` ask the training loop to stop.
-
-    The first signal only sets :attr:`signum`: the loop finishes its step, so the caller can
-    save a consistent checkpoint. A second signal stops at once (``Interrupted``). Outside
-    the main thread signals cannot be handled, and the block changes nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise Interrupted(signum)
-        self.signum = signum
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    """A tqdm bar on stderr (disabled: a no-op with the same interface)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        disable=not enabled,
-        mininterval=0.5,
-        dynamic_ncols=True,
-        leave=True,
-        file=sys.stderr,
-    )
+def _non_finite_parameter() -> str | None:
+    for name, value in pyro.get_param_store().named_parameters():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
 
 
 @dataclass
@@ -192,7 +144,7 @@ def advance(
     sync, :meth:`RunState.sync`) every ``log_every`` steps, at ``until`` and when stopping.
 
     ``run.elapsed`` accumulates only the time spent here, so runs that take turns (see
-    :func:`~pyro_discrete.cli.compare.run_compare`) each count their own training time.
+    :func:`~pyro_discrete.cli.compare.run.run_compare`) each count their own training time.
 
     :raises FloatingPointError: when the loss is not finite (compiled steps: at the sync
         that reads it, naming the step).
@@ -202,7 +154,20 @@ def advance(
     while run.step < until:
         batch = run.loader.next_batch()
         t_step = time.perf_counter()
-        loss = svi.step(*run.task.args(batch))
+        try:
+            loss = svi.step(*run.task.args(batch))
+        except ValueError as e:
+            # a distribution's argument check failing on values that are no longer finite
+            # (parameters, or what overflowing parameters compute): the same divergence that
+            # a compiled step reports at its sync
+            name = _non_finite_parameter()
+            if name is None and "found invalid values" not in str(e):
+                raise
+            where = f"parameter {name!r}" if name else "the model's distribution arguments"
+            first = str(e).splitlines()[0].split(" of distribution")[0][:100]
+            raise FloatingPointError(
+                f"{run.name}: {where} became NaN or infinite at step {run.step + 1} ({first})"
+            ) from None
         run.step_times.append(time.perf_counter() - t_step)
         run.step += 1
         run.pending.append((run.step, loss, batch.shape[0]))

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from pyro_discrete import _param_store as _store
 from pyro_discrete.infer import control_variates as cv
 
 __all__ = [
@@ -165,24 +166,12 @@ class ParamStoreParameters(nn.Module):
         return [g for g in groups if g["params"]]
 
 
-def _constraint_name(constraint: constraints.Constraint) -> str:
-    return repr(constraint)
-
-
-_REAL = _constraint_name(constraints.real)
-
-
 def param_store_state() -> dict:
     """The whole param store as plain tensors and strings (loadable with
     ``torch.load(weights_only=True)``): ``{"params": {name: unconstrained value},
-    "constraints": {name: repr of the constraint}, "running_statistics": [names]}``."""
-    store = pyro.get_param_store()
-    state = store.get_state()
-    return {
-        "params": {name: t.detach().cpu().clone() for name, t in state["params"].items()},
-        "constraints": {n: _constraint_name(c) for n, c in state["constraints"].items()},
-        "running_statistics": sorted(cv.running_statistics()),
-    }
+    "constraints": {name: repr of the constraint}, "running_statistics": [names]}``, the
+    format of every checkpoint of the package (:mod:`pyro_discrete._param_store`)."""
+    return _store.param_store_state()
 
 
 def load_param_store_state(
@@ -199,30 +188,4 @@ def load_param_store_state(
         missing, or a constrained parameter of the checkpoint does not exist here (the
         checkpoint was written for another model, guide or estimator).
     """
-    store = pyro.get_param_store()
-    saved = state["params"]
-    missing = sorted(set(required) - set(saved))
-    if missing:
-        raise ValueError(
-            f"the checkpoint has no value for parameter(s) {missing}: it was written for "
-            "another model, guide or estimator; resume with the same ones, or start afresh"
-        )
-    current = dict(store.named_parameters())
-    with torch.no_grad():
-        for name, value in saved.items():
-            if name in current:
-                if current[name].shape != value.shape:
-                    raise ValueError(
-                        f"parameter {name!r} has shape {tuple(value.shape)} in the checkpoint "
-                        f"but {tuple(current[name].shape)} here: the checkpoint was written "
-                        "for another model (layer widths, latent sizes); resume with the same one"
-                    )
-                current[name].copy_(value)
-            elif state["constraints"].get(name, _REAL) == _REAL:
-                store[name] = value.to(device) if device is not None else value.clone()
-            else:
-                raise ValueError(
-                    f"parameter {name!r} ({state['constraints'][name]}) of the checkpoint was "
-                    "not created by this model's warm-up step: the checkpoint was written for "
-                    "another model, guide or estimator"
-                )
+    _store.load_param_store_state(state, required, device, strict=True)

@@ -5,11 +5,15 @@
 FAULT is one of
 
 - ``ACTION@STEP``: after training step STEP (of ``fit``, or of any run of ``compare``),
-  ACTION is ``sigint``, ``sigterm`` or ``sigkill`` sent to this process, or ``pause``:
+  ACTION is ``sigint``, ``sigterm`` or ``sigkill`` sent to this process,
+  ``sigterm-twice``: a SIGTERM, and another 50 ms later, or ``pause``:
   print ``paused`` and wait for a line on stdin (the run keeps its lock meanwhile);
 - ``sigkill-in-checkpoint-write@N``: SIGKILL in the middle of the N-th write of
   ``checkpoint.pt``, after half of its bytes;
-- ``sigkill-in-validation``: SIGKILL while the final validation ELBO is computed.
+- ``sigkill-in-validation``: SIGKILL while the final validation ELBO is computed;
+- ``ACTION-rankR@STEP`` (``fit --devices``): ACTION (``sigterm``, ``sigint``, ``sigkill``)
+  sent to the process of rank R after its step STEP (Lightning starts ranks 1 to W-1 by
+  running this same command line, so every rank installs the fault and checks its rank).
 
 The faults are injected from outside the package (by wrapping its functions), so that the
 package carries no test hooks.
@@ -20,9 +24,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 
 from pyro_discrete import _io
-from pyro_discrete.cli import compare, fit, main
+from pyro_discrete.cli import fit, main, run
+from pyro_discrete.cli.compare import comparison
 
 
 def _signal(name: str):
@@ -30,6 +37,15 @@ def _signal(name: str):
         os.kill(os.getpid(), getattr(signal, name.upper()))
 
     return act
+
+
+def _sigterm_twice() -> None:
+    def later() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=later, daemon=True).start()
 
 
 def _pause() -> None:
@@ -85,18 +101,36 @@ def _kill_in_validation() -> None:
     def elbo_estimate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    fit.elbo_estimate = elbo_estimate
+    run.elbo_estimate = elbo_estimate
+
+
+def _after_parallel_step(rank: int, step: int, action) -> None:
+    from pyro_discrete.cli import parallel
+
+    original = parallel._RunDirectory.on_train_batch_end
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        original(self, trainer, *args, **kwargs)
+        if trainer.global_rank == rank and self.step == step:
+            action()
+
+    parallel._RunDirectory.on_train_batch_end = on_train_batch_end
 
 
 def install(fault: str) -> None:
     name, _, at = fault.partition("@")
+    if "-rank" in name:
+        action, _, rank = name.partition("-rank")
+        _after_parallel_step(int(rank), int(at), _signal(action))
+        return
     if name == "sigkill-in-checkpoint-write":
         _kill_in_checkpoint_write(int(at))
     elif name == "sigkill-in-validation":
         _kill_in_validation()
     else:
-        action = _pause if name == "pause" else _signal(name)
-        for module in (fit, compare):
+        actions = {"pause": _pause, "sigterm-twice": _sigterm_twice}
+        action = actions[name] if name in actions else _signal(name)
+        for module in (fit, comparison):
             _after_step(module, int(at), action)
 
 
@@ -104,4 +138,4 @@ if __name__ == "__main__":
     fault, separator, *argv = sys.argv[1:]
     assert separator == "--", "usage: cli_driver.py FAULT -- ARGS"
     install(fault)
-    sys.exit(main(argv))
+    sys.exit(main(argv, as_process=True))

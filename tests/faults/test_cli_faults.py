@@ -182,7 +182,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
         ("--binarization", "dynamic", "static"),
         ("--cv-lr-factor", "5", "10.0"),
         ("--estimator", "reinforce", "nvil"),
-        ("--data", "fashion_mnist", "mnist"),
+        ("--data", "fashion_mnist", "synthetic_moe"),
     ],
 )
 def test_resume_refuses_other_training_options(tmp_path, capsys, option, value, stored):
@@ -520,3 +520,176 @@ def test_sigterm_during_compare_leaves_nothing(tmp_path):
     assert code == 143, err
     assert "Traceback" not in err and "interrupted by SIGTERM" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- impossible checkpoints, refused resumes that touch nothing (issue 22) ---------------------
+
+
+def _set_step(step: int):
+    def spoil(out: Path) -> None:
+        checkpoint = load(out / "checkpoint.pt")
+        checkpoint["step"] = step
+        torch.save(checkpoint, out / "checkpoint.pt")
+
+    return spoil
+
+
+def _reshape_model_tensor(out: Path) -> None:
+    checkpoint = load(out / "checkpoint.pt")
+    name = next(iter(checkpoint["model"]))
+    checkpoint["model"][name] = torch.zeros(7, 5)
+    torch.save(checkpoint, out / "checkpoint.pt")
+
+
+def _reshape_control_variate(out: Path) -> None:
+    # a tensor of the param store that only the estimator's first step creates (NVIL's
+    # baseline network): its shape can only be checked once the run is rebuilt
+    checkpoint = load(out / "checkpoint.pt")
+    params = checkpoint["param_store"]["params"]
+    name = next(n for n in params if n.startswith("pyro_discrete/") and params[n].dim() == 2)
+    params[name] = torch.zeros(3, 3)
+    torch.save(checkpoint, out / "checkpoint.pt")
+
+
+IMPOSSIBLE = {
+    "negative step": (_set_step(-3), ["checkpoint.pt", "'step' is -3"]),
+    "step beyond the run": (_set_step(1000), ["checkpoint.pt", "'step' is 1000"]),
+    "model tensor of another shape": (
+        _reshape_model_tensor,
+        ["checkpoint.pt", "has shape (7, 5) in the checkpoint"],
+    ),
+    "control-variate tensor of another shape": (
+        _reshape_control_variate,
+        ["checkpoint.pt", "shape (3, 3) in the checkpoint"],
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(IMPOSSIBLE))
+def test_impossible_checkpoint_is_refused_and_nothing_is_written(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert fit(out, steps=3) == 0
+    capsys.readouterr()
+    spoil, words = IMPOSSIBLE[damage]
+    spoil(out)
+    (out / "summary.json").unlink()  # an unfinished run: a resume would rewrite the most
+    (out / "checkpoint.pt.abc123.tmp").write_bytes(b"half")  # and an orphan to remove
+    before = fingerprint(out)
+    # a longer --steps would rewrite config.json; a refused resume must not
+    code, err = resume(out, capsys, steps=9)
+    assert_named_failure(code, err, *words)
+    assert fingerprint(out) == before
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert fit(out, steps=3) == 0
+    capsys.readouterr()
+    _reshape_model_tensor(out)
+    code = cli.main(["evaluate", "--checkpoint", str(out), "--samples", "1"])
+    line = assert_named_failure(code, capsys.readouterr().err, "has shape (7, 5)")
+    assert "state_dict for" not in line and ":)" not in line  # torch's empty first line
+
+
+def test_complete_nan_row_of_metrics_is_kept(tmp_path, straight, capsys):
+    out = tmp_path / "run"
+    assert fit(out, steps=6) == 0
+    path = out / "metrics.csv"
+    rows = path.read_text().splitlines()
+    step6 = rows[-1].split(",")
+    path.write_text("\n".join([*rows[:-1], f"{step6[0]},{step6[1]},nan"]) + "\n")
+    code, err = resume(out, capsys)
+    assert code == 0, err
+    assert "torn" not in err
+    assert (6, "nan") in curve(out)  # whole rows are never dropped
+    assert [step for step, _ in curve(out)] == [step for step, _ in curve(straight)]
+
+
+def test_complete_garbage_last_row_is_named_not_dropped(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert fit(out, steps=3) == 0
+    capsys.readouterr()
+    with (out / "metrics.csv").open("a") as f:
+        f.write("3,0.5\n")  # whole (it has its newline), but not a metrics row
+    before = fingerprint(out)
+    code, err = resume(out, capsys, steps=6)
+    assert_named_failure(code, err, "metrics.csv", "line 5", "not a metrics row")
+    assert fingerprint(out) == before
+
+
+def test_directory_in_place_of_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert fit(out, steps=3) == 0
+    capsys.readouterr()
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.pt").mkdir()
+    code, err = resume(out, capsys, steps=6)
+    line = assert_named_failure(code, err, "checkpoint.pt", "is a directory")
+    assert "before its first checkpoint" not in line
+
+
+def test_garbage_lock_file_says_what_it_holds(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert fit(out, steps=3) == 0
+    capsys.readouterr()
+    (out / LOCK).write_text("hello, I am not a lock\n")
+    code, err = resume(out, capsys, steps=4)
+    assert code == 0, err
+    assert "'hello, I am not a lock'" in err
+    assert "pid None" not in err and "host None" not in err
+
+
+def test_two_sigterms_still_exit_143_with_the_checkpoint(tmp_path, straight, capsys):
+    out = tmp_path / "run"
+    code, _, err = finish(
+        driven("sigterm-twice@4", *RUN, "--steps", str(STEPS), "--out", str(out))
+    )
+    assert code == 143, err
+    assert "Traceback" not in err
+    assert load(out / "checkpoint.pt")["step"] == 4
+    code, _ = resume(out)
+    assert code == 0
+    assert_equals_straight(out, straight)
+
+
+# -- options checked before anything is written ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        ([*RUN, "--lr", "nan"], "--lr"),
+        ([*RUN, "--lr", "inf"], "--lr"),
+        ([*RUN, "--lr", "-1"], "--lr"),
+        ([*RUN, "--lr", "1e400"], "--lr"),
+        ([*RUN, "--cv-lr-factor", "nan"], "--cv-lr-factor"),
+        ([*RUN, "--seed", "-1"], "--seed"),
+        (["compare", "--time-budget", "nan"], "--time-budget"),
+        (["compare", "--iw-samples", "-1"], "--iw-samples"),
+    ],
+)
+def test_bad_numbers_are_refused_at_parse_time(tmp_path, capsys, argv, option):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_larger_than_the_data_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = fit(out, "--batch-size", "10000000")
+    assert_named_failure(code, capsys.readouterr().err, "--batch-size 10000000", "10000")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eager_divergence_is_named_like_the_compiled_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = fit(out, "--lr", "1e12", "--compile", "off", steps=20)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "training diverged" in line and "try a lower --lr" in line, line

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .errors import CLIError
+from ..errors import CLIError
 
-__all__ = ["Schedule", "plan_training"]
+__all__ = ["PLANNED_FRACTION", "Schedule", "plan_training", "rounds_for"]
 
 #: the fewest steps per run that a budget must afford for a comparison to mean anything
 MIN_STEPS = 10
@@ -116,3 +116,8 @@ def plan_training(
             "--iw-samples, or drop estimators"
         )
     return total
+
+
+#: the planned end of a budgeted comparison, as a fraction of the budget: what the
+#: estimates of the last evaluations and the report may be off by without overrunning
+PLANNED_FRACTION = 0.99

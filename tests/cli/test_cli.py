@@ -233,7 +233,7 @@ def test_compare_writes_report_csv_and_plots(capsys, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with (out / "results.csv").open(newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == cli.report.COLUMNS
+        assert reader.fieldnames == cli.compare.report.COLUMNS
         rows = [r for r in reader if r["seed"] == "0"]  # one seed: the raw rows of seed 0
     metrics = {(r["estimator"], r["metric"]) for r in rows}
     for name in ("reinforce", "rebar"):
@@ -274,7 +274,7 @@ def test_failed_compare_leaves_nothing_behind(capsys, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(cli, "_write_report", boom)
+    monkeypatch.setattr(cli.compare.report, "write_report", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main([*COMPARE, "--estimators", "reinforce", "--out", str(tmp_path / "cmp")])
     assert list(tmp_path.iterdir()) == []
@@ -312,3 +312,18 @@ def test_param_store_state_round_trip_keeps_tensors_and_constraints():
     pyro.param("odd", torch.tensor(0.5), constraint=constraints.interval(0.0, 2.0))
     with pytest.raises(ValueError, match="cannot checkpoint parameter 'odd'"):
         cli.param_store_state()
+
+
+def test_progress_without_a_terminal_is_lines_not_carriage_returns(capsys, tmp_path, monkeypatch):
+    from cli_support import RUN
+
+    from pyro_discrete.cli import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_LINE_INTERVAL", 0.0)  # a line at every update
+    argv = [a for a in RUN if a != "--no-progress"]
+    code, _, err = run_main(capsys, *argv, "--steps", "4", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "\r" not in err  # capsys's stderr is not a terminal
+    lines = [line for line in err.splitlines() if line.startswith("nvil: ")]
+    assert [line.split()[1] for line in lines][-2:] == ["4/4", "4/4"]  # the update, the end
+    assert "elbo=" in lines[-1]

@@ -149,7 +149,8 @@ def calibrate(task, s, device, init: dict, step_choice=None, steps: int = 8) -> 
     first steps, and only replays as its steady step; each timed step reads its loss, so
     that a device's queued work is on the clock.
     """
-    from .compiling import EAGER
+    from ..compiling import EAGER
+    from ..training import new_run
     from .measure import (
         control_variate_state,
         elbo_on_fixed_data,
@@ -157,7 +158,6 @@ def calibrate(task, s, device, init: dict, step_choice=None, steps: int = 8) -> 
         iw_bound,
         variance_at,
     )
-    from .training import new_run
 
     eval_args = evaluation_data(task, s.eval_examples, s.seed, device)
     # one untimed step first: the first step of a process imports what the optimiser and the

@@ -2,7 +2,7 @@
 
 Every run of an estimator (one per seed) is measured at the same boundaries of the schedule,
 so its curves line up point by point; the plotted curve is the mean over seeds at each
-point, the band its 95% t-interval (:func:`~pyro_discrete.cli.stats.interval`), drawn only
+point, the band its 95% t-interval (:func:`~pyro_discrete.cli.compare.stats.interval`), drawn only
 with two or more seeds.
 """
 

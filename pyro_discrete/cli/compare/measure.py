@@ -1,6 +1,6 @@
 """What ``pyro-discrete compare`` measures besides training: ELBO, IW bound, gradient variance.
 
-The calibration (:mod:`~pyro_discrete.cli.budget`) times these same functions, so that the
+The calibration (:mod:`~pyro_discrete.cli.compare.budget`) times these same functions, so that the
 budget is planned with the costs of the real measurements.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 import pyro
 import torch
 
+from pyro_discrete._param_store import load_param_store_state, param_store_state
 from pyro_discrete.diagnostics import elbo_estimate, gradient_variance, importance_weighted_bound
 
-from .rundir import load_param_store_state, param_store_state
-from .tasks import Task, make_elbo
-from .training import RunState, register_modules
+from ..tasks import Task, make_elbo
+from ..training import RunState, register_modules
 
 __all__ = [
     "CV_PREFIX",

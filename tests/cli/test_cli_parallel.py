@@ -12,9 +12,9 @@ import json
 
 import pytest
 import torch
-from cli_support import RUN, load, run_subprocess
+from cli_support import RUN, driven, finish, load, run_subprocess
 
-from pyro_discrete.cli import rundir
+from pyro_discrete.cli import checkpoints, rundir
 
 pytest.importorskip("lightning")
 
@@ -61,7 +61,7 @@ def test_two_processes_write_the_run_and_resume_on_one(data_cache, tmp_path):
         "accelerator": "cpu",
         "strategy": "ddp",
     }
-    checkpoint = rundir.load_checkpoint(out)  # the single-process reader accepts it
+    checkpoint = checkpoints.load_checkpoint(out)  # the single-process reader accepts it
     assert checkpoint["step"] == 24
     assert any(name.startswith("pyro_discrete/") for name in checkpoint["param_store"]["params"])
     assert _adam_steps(out) == {24}
@@ -98,3 +98,26 @@ def test_one_process_run_resumes_on_two(data_cache, tmp_path):
     assert _config(out)["parallel"]["devices"] == 2
     for name, value in marked.items():
         assert (after["param_store"]["params"][name] - value).abs().max() < 0.1, name
+
+
+def test_sigterm_stops_every_process_and_saves_the_last_step(data_cache, tmp_path):
+    out = tmp_path / "run"
+    argv = [*PARALLEL_RUN, "--steps", "40", "--out", str(out), *ON_TWO]
+    code, _, err = finish(driven("sigterm-rank0@5", *argv), timeout=300)
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert "interrupted at step 5 on every process; checkpoint of step 5 saved" in err
+    assert load(out / rundir.CHECKPOINT)["step"] == 5  # the step that was complete
+    assert _metric_steps(out) == [4]
+    assert not (out / ".pyro-discrete.lock").exists()
+
+
+def test_a_killed_rank_stops_the_others_with_one_line(data_cache, tmp_path):
+    out = tmp_path / "run"
+    argv = [*PARALLEL_RUN, "--steps", "40", "--out", str(out), *ON_TWO]
+    code, _, err = finish(driven("sigkill-rank1@9", *argv), timeout=300)
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err and "Connection reset" not in err
+    line = err.strip().splitlines()[-1]
+    assert "rank 1" in line and "SIGKILL" in line and "checkpoint of step 8 is intact" in line
+    assert load(out / rundir.CHECKPOINT)["step"] == 8

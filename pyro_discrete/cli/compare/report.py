@@ -4,7 +4,7 @@
 0 to ``--seeds`` - 1), then one row per estimator and summary figure with ``seed`` ``mean``:
 the mean over seeds and its 95% t-interval (``ci95_low``, ``ci95_high``; empty with one
 seed). Every figure of ``report.md`` is computed from these rows. Estimators are ranked only
-where the intervals over seeds do not overlap (:mod:`~pyro_discrete.cli.stats`); the report
+where the intervals over seeds do not overlap (:mod:`~pyro_discrete.cli.compare.stats`); the report
 says which differences are within noise.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,21 +19,21 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyro_discrete._io import atomic_write_text
+from pyro_discrete.models import MODEL_SPECS
 
-from .budget import PHASES, BudgetClock
+from ..tasks import describe_data
+from .accounting import accounting, timing
+from .budget import BudgetClock
 from .plots import per_seed, write_plots
 from .stats import Interval, interval, paired_difference
 
 if TYPE_CHECKING:
-    from .compare import CompareSettings, Outcome
+    from .outcome import Outcome
+    from .settings import CompareSettings
 
 __all__ = ["COLUMNS", "seed_values", "write_report"]
 
 COLUMNS = ["estimator", "seed", "metric", "step", "wall_time_s", "value", "ci95_low", "ci95_high"]
-#: step times whose 10-90% range exceeds this multiple of the median are called spread out
-_SPREAD = 1.0
-#: the calibration and the run disagree when their median step times differ by more than this
-_DISAGREE = 0.25
 
 
 def seed_values(results: list[dict], name: str, figure: str) -> list[float]:
@@ -84,10 +83,7 @@ def _write_results_csv(path: Path, s: CompareSettings, results: list[dict]) -> N
 
 
 def _data_description(s: CompareSettings) -> str:
-    if s.model == "mixture_of_experts":
-        return "synthetic mixture-of-experts data"
-    pretty = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[s.data]
-    return f"{s.binarization}ally binarised {pretty}"
+    return describe_data(s.data, s.binarization)
 
 
 def _steps_cell(outcome: Outcome, name: str) -> str:
@@ -153,117 +149,6 @@ def _comparisons(
     return lines
 
 
-def _accounting(outcome: Outcome, clock: BudgetClock, total: float) -> list[str]:
-    s = outcome.settings
-    lines = [
-        "## How the time was spent",
-        "",
-        "| phase | planned (s) | actual (s) | % of actual |",
-        "|---|---:|---:|---:|",
-    ]
-    for phase in PHASES:
-        planned = clock.planned.get(phase)
-        cell = f"{planned:.1f}" if planned is not None else "–"
-        spent = clock.spent[phase]
-        lines.append(f"| {phase} | {cell} | {spent:.1f} | {100 * spent / total:.1f}% |")
-    if "interpreter exit" in clock.planned:
-        lines.append(
-            f"| interpreter exit (after this report) | {clock.planned['interpreter exit']:.1f} "
-            "| not measured | – |"
-        )
-    other = clock.other(total)
-    lines.append(
-        f"| other (switching runs, bookkeeping) | – | {other:.1f} | {100 * other / total:.1f}% |"
-    )
-    planned_total = f"{outcome.planned_total:.1f}" if outcome.planned_total is not None else "–"
-    lines.append(f"| **total** | {planned_total} | {total:.1f} | 100% |")
-    lines.append("")
-    if s.time_budget is not None:
-        exit_s = outcome.exit_reserve
-        whole = total + exit_s
-        verdict = (
-            "within 5% of it"
-            if abs(whole - s.time_budget) <= 0.05 * s.time_budget
-            else f"{100 * (whole / s.time_budget - 1):+.0f}% off it"
-        )
-        stop = {
-            "budget": "the budget check stopped training before the plan's end",
-            "steps": "training ran to the plan's end",
-            "--steps": f"training ended at --steps {s.steps}, before the budget was needed (the "
-            "budget is an upper bound; raise --steps to use all of it)",
-        }[outcome.stopped_by]
-        lines.append(
-            f"Budget {s.time_budget:.1f}s, measured from the command's start (interpreter "
-            f"start-up included); actual total {total:.1f}s to the report"
-            + (f", {whole:.1f}s with the estimated exit" if exit_s else "")
-            + f", {verdict}; {stop}. The planned "
-            "total includes a 1% reserve for estimation errors; the actual total ends when the "
-            "plots are written, before the interpreter exits."
-        )
-    else:
-        lines.append(f"No --time-budget: total {total:.1f}s from the command's start.")
-    lines.append(
-        "Start-up: interpreter, imports, data and the runs' models; evaluations: ELBO curves "
-        "and IW bounds; report: results.csv and the plots (writing report.md itself, a few "
-        "milliseconds, comes after this account)."
-    )
-    return lines
-
-
-def _timing(outcome: Outcome) -> list[str]:
-    s, costs, load = outcome.settings, outcome.costs, outcome.load
-    lines = ["## Timing", ""]
-    lines.append(
-        "| estimator | median ms / step | interquartile range | 10–90% range | calibration |"
-    )
-    lines.append("|---|---:|---:|---:|---:|")
-    spread, disagree = [], []
-    for name in s.estimators:
-        runs = [outcome.runs[(name, i)] for i in range(s.seeds)]
-        median = sorted(r["ms_per_step"] for r in runs)[len(runs) // 2]
-        p25 = min(r["ms_p25"] for r in runs)
-        p75 = max(r["ms_p75"] for r in runs)
-        p10 = min(r["ms_p10"] for r in runs)
-        p90 = max(r["ms_p90"] for r in runs)
-        calibrated = "–"
-        if costs is not None:
-            c = 1000 * costs.step[name]
-            calibrated = f"{c:.1f}"
-            if abs(median - c) > _DISAGREE * c:
-                disagree.append(f"{name} ({c:.1f} ms calibrated, {median:.1f} ms in the run)")
-        if p90 - p10 > _SPREAD * median:
-            spread.append(name)
-        lines.append(
-            f"| {name} | {median:.1f} | {p25:.1f}–{p75:.1f} | {p10:.1f}–{p90:.1f} | {calibrated} |"
-        )
-    lines.append("")
-    words = [
-        f"Load average over the run {load.mean:.1f} on {load.cores} usable core(s)"
-        if not math.isnan(load.mean)
-        else "No load average on this system"
-    ]
-    if load.overloaded():
-        words.append(
-            "**the machine was loaded** (more runnable processes than cores): step times "
-            "include waiting for a core, so they overstate what each estimator costs and "
-            "differ between estimators more than their work does"
-        )
-    if spread:
-        words.append(
-            f"step times are spread out for {', '.join(spread)} (10–90% range wider than the "
-            "median): other processes or the estimator's own variable work"
-        )
-    if disagree:
-        words.append(
-            "the calibration before training and the run disagree by more than "
-            f"{100 * _DISAGREE:.0f}% for {', '.join(disagree)}: the load changed during the run"
-        )
-    if not (load.overloaded() or spread or disagree):
-        words.append("step times are consistent: no sign of a loaded machine")
-    lines.append("; ".join(words) + ".")
-    return lines
-
-
 def _mode_sentence(outcome: Outcome) -> str:
     s = outcome.settings
     seeds = (
@@ -298,7 +183,8 @@ def _report_markdown(outcome: Outcome, clock: BudgetClock, total: float) -> str:
         else "One seed: no intervals (use --seeds 2 or more for them)."
     )
     lines = [
-        f"# Gradient estimators compared: `{s.model}` on {_data_description(s)}",
+        f"# Gradient estimators compared: `{s.model}` ({MODEL_SPECS[s.model].report_name}) "
+        f"on {_data_description(s)}",
         "",
         _mode_sentence(outcome),
         "",
@@ -341,9 +227,9 @@ def _report_markdown(outcome: Outcome, clock: BudgetClock, total: float) -> str:
         "",
         "![gradient variance](grad_variance.png)",
         "",
-        *_timing(outcome),
+        *timing(outcome),
         "",
-        *_accounting(outcome, clock, total),
+        *accounting(outcome, clock, total),
         "",
         "Raw figures: [results.csv](results.csv) (columns " + ", ".join(COLUMNS) + "; rows "
         "with seed `mean` hold the means over seeds and their 95% intervals).",
