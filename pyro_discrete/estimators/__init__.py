@@ -10,6 +10,11 @@ from pyro_discrete.estimators.arm import (
     disarm_logit_gradient,
 )
 from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
+from pyro_discrete.estimators.expectation_model import (
+    expectation_model_loss,
+    expectation_model_surrogate,
+    score_function_logit_gradient,
+)
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
@@ -35,6 +40,8 @@ __all__ = [
     "decaying_average",
     "disarm_logit_gradient",
     "double_cv_logit_gradient",
+    "expectation_model_loss",
+    "expectation_model_surrogate",
     "gibbs_stein",
     "gibbs_stein_score",
     "gradient_variance_loss",
@@ -50,6 +57,7 @@ __all__ = [
     "reinmax_logit_gradient",
     "relax_logit_gradient",
     "rodeo_logit_gradient",
+    "score_function_logit_gradient",
     "score_surrogate",
     "event_without_replacement",
     "gumbel_top_k",

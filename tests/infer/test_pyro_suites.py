@@ -124,6 +124,8 @@ INEXACT: dict[str, str] = {
     "st": "biased: straight-through (Bengio et al. 2013)",
     "gumbel_rao": "biased: Rao-Blackwellised straight-through (Paulus et al. 2021)",
     "vimco": "optimises the K-sample bound, whose gradient is not the ELBO's",
+    "expectation_model": "biased: a network's prediction of the gradient, as good as its "
+    "regression (tests/infer/test_expectation_model.py measures it)",
 }
 
 
