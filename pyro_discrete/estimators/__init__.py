@@ -15,6 +15,7 @@ from pyro_discrete.estimators.expectation_model import (
     expectation_model_surrogate,
     score_function_logit_gradient,
 )
+from pyro_discrete.estimators.lax import lax_parameter_gradients
 from pyro_discrete.estimators.muprop import muprop_surrogate, muprop_taylor_term
 from pyro_discrete.estimators.nvil import nvil_baseline_loss, nvil_signal, nvil_update_statistics
 from pyro_discrete.estimators.rebar import rebar_logit_gradient
@@ -45,6 +46,7 @@ __all__ = [
     "gibbs_stein",
     "gibbs_stein_score",
     "gradient_variance_loss",
+    "lax_parameter_gradients",
     "leave_one_out_mean",
     "leave_one_out_signal",
     "logit_score",

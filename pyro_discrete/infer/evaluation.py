@@ -154,7 +154,7 @@ class _BasePass(_GuidePolicy):
         self.sites[name] = site
         if not is_relaxable(leaf.kind):
             site.logits = leaf.logits  # index categoricals: NVIL's baseline input
-            return None
+            return estimator.continuous_value(site)
         site.logits = site_logits(fn, leaf)
         self.with_noise = self.with_noise or estimator.needs_noise
         if not self.with_noise:

@@ -8,10 +8,16 @@ log-mass that stays differentiable when the value is relaxed into [0, 1]. A
 :mod:`pyro_discrete.distributions` (:class:`~pyro_discrete.distributions.LogisticBernoulli`
 or :class:`~pyro_discrete.distributions.GumbelCategorical`) and delegates every relaxed,
 conditional, straight-through and mean value to it.
+
+Continuous guide sites that are not reparameterised (``has_rsample`` False: Pyro's
+``has_rsample_(False)``, ``NonreparameterizedNormal``) are recorded the same way (kind
+``"other"``): score-function estimators use their log-density, and LAX draws them through a
+rebuilt reparameterisable copy (:func:`reparameterized_draw`).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +84,93 @@ def depends_on_parameters(leaf: Leaf) -> bool:
     return False
 
 
+@dataclass
+class ReparameterizedDraw:
+    r"""A draw :math:`b = T(\theta', \varepsilon)` of a continuous site through a rebuilt copy
+    of its distribution, for estimators (LAX) that treat the cost of ``b`` as a black box
+    but differentiate a control variate along the reparameterisation.
+
+    ``params`` are detached copies :math:`\theta'` of the leaf distribution's parameters
+    (requiring grad where the originals do), ``originals`` the parameters themselves (in the
+    caller's graph, for chaining a gradient in :math:`\theta'` back to them), ``fn`` the
+    site's distribution (wrappers included) rebuilt on the copies, and ``sample`` the draw,
+    differentiable in the copies; the guide trace records ``sample.detach()``.
+    """
+
+    params: dict[str, Tensor]
+    originals: dict[str, Tensor]
+    fn: object
+    sample: Tensor
+
+    @property
+    def trained(self) -> dict[str, Tensor]:
+        """The copies whose originals carry a gradient: the :math:`\theta` of the estimate."""
+        return {k: p for k, p in self.params.items() if p.requires_grad}
+
+
+def _leaf_parameters(leaf) -> dict[str, Tensor]:
+    """The leaf's constructor arguments among its ``arg_constraints``: the tensors it was
+    built from when it stores them (Normal, Gamma), else all that its constructor takes
+    (Beta, LogNormal read them through properties)."""
+    accepted = inspect.signature(type(leaf).__init__).parameters
+    names = [n for n in getattr(leaf, "arg_constraints", {}) if n in accepted]
+    stored = [n for n in names if n in vars(leaf)]
+    return {n: getattr(leaf, n) for n in (stored or names)}
+
+
+def _rewrap(fn, leaf):
+    """``fn``'s ``Independent`` / ``Expanded`` / ``Masked`` layers around another leaf."""
+    if isinstance(fn, Independent):
+        return type(fn)(_rewrap(fn.base_dist, leaf), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, MaskedDistribution):
+        return MaskedDistribution(_rewrap(fn.base_dist, leaf), fn._mask)
+    if isinstance(fn, ExpandedDistribution):
+        return ExpandedDistribution(_rewrap(fn.base_dist, leaf), fn.batch_shape)
+    return leaf
+
+
+def reparameterized_draw(fn, site: str, estimator: str) -> ReparameterizedDraw:
+    """Draw a continuous site by ``rsample`` of a copy of its distribution, also when the
+    site is marked ``has_rsample_(False)`` (Pyro's way of asking for a score-function
+    gradient) or is a ``NonreparameterizedNormal``: the copy's gradient is what LAX's
+    control variate needs, the site's own value stays detached.
+
+    Raises a :class:`SiteError` naming the site when the distribution cannot be rebuilt
+    from its parameters or has no ``rsample`` (Poisson, Binomial, ...).
+    """
+    leaf = describe(fn).fn
+    originals = _leaf_parameters(leaf)
+    params = {
+        k: v.detach().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
+        for k, v in originals.items()
+    }
+    dist_name = type(leaf).__name__
+    try:
+        copy = type(leaf)(**params, validate_args=False)
+    except (TypeError, ValueError) as error:
+        raise SiteError(
+            f"site '{site}' has distribution {dist_name}, which estimator '{estimator}' cannot "
+            f"rebuild from its parameters {sorted(params)} ({error}): give this site a "
+            "score-function estimator with infer={'estimator': 'reinforce'} (or 'nvil', 'rloo')"
+        ) from error
+    copy = _rewrap(fn, copy)
+    try:
+        sample = copy.rsample()
+    except NotImplementedError as error:
+        raise SiteError(
+            f"site '{site}' has distribution {dist_name}, which has no reparameterised "
+            f"sampler (rsample) that estimator '{estimator}' needs: give this site a "
+            "score-function estimator with infer={'estimator': 'reinforce'} (or 'nvil', 'rloo')"
+        ) from error
+    if sample.shape != fn.shape():
+        raise SiteError(
+            f"site '{site}': the rebuilt {dist_name} draws shape {tuple(sample.shape)}, not "
+            f"the site's {tuple(fn.shape())}; estimator '{estimator}' cannot handle it: use "
+            "infer={'estimator': 'reinforce'} (or 'nvil', 'rloo') for this site"
+        )
+    return ReparameterizedDraw(params, originals, copy, sample)
+
+
 def log_prob(fn, value: Tensor, relaxed: bool = False, masked: bool = True) -> Tensor:
     r"""``fn.log_prob(value)`` through Pyro's wrappers, with two switches.
 
@@ -131,6 +224,8 @@ class DiscreteSite:
     hard: Tensor | None = None
     value: Tensor | None = None
     frames: tuple = ()
+    #: continuous sites drawn through ``rsample`` of a copy (LAX), see :class:`ReparameterizedDraw`
+    reparameterized: ReparameterizedDraw | None = None
 
     @property
     def batch_ndim(self) -> int:
@@ -148,6 +243,14 @@ class DiscreteSite:
     def has_parameters(self) -> bool:
         """False for a site whose distribution is a constant: no estimate is needed."""
         return depends_on_parameters(self.leaf)
+
+    @property
+    def plate_shape(self) -> tuple[int, ...]:
+        """The batch shape with every dim that is not a vectorised plate of the site set to
+        1: the shape of one control-variate value per plate element."""
+        dims = {d for _, d in self.frames}
+        shape = self.fn.batch_shape
+        return tuple(shape[d] if d in dims else 1 for d in range(-self.batch_ndim, 0))
 
     def to_event_shape(self, signal: Tensor) -> Tensor:
         """Append singleton dims so a batch-shaped signal broadcasts against the value."""

@@ -180,6 +180,12 @@ class SiteEstimator:
         """The value the base pass gives the site (hard by default)."""
         return site.hard
 
+    def continuous_value(self, site) -> Tensor | None:
+        """The value the base pass gives a site with no relaxation (continuous, index
+        categorical, Poisson, ...): ``None`` lets Pyro sample it; LAX draws it through a
+        reparameterisable copy of its distribution."""
+        return None
+
     def relaxation_temperature(self, site) -> Tensor | float | None:
         """The temperature at which this estimator wants ``site`` relaxed when another
         site's relaxed pass relaxes it (``None``: the relaxing estimator's own)."""

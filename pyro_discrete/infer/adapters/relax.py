@@ -41,6 +41,16 @@ class RELAX(SiteEstimator):
     ``infer={"estimator": "relax", "estimator_options": {"surrogate": net}}``; either way
     it is registered as ``pyro_discrete/relax/<site>/surrogate``.
     ``weight_decay`` adds :math:`\frac{w}{2}\|\rho\|^2` to the variance objective.
+
+    ``black_box=True`` (globally ``DiscreteELBO(estimator="relax", black_box=True)``, or per
+    site through ``infer={"estimator": "relax", "estimator_options": {"black_box": True}}``)
+    drops the :math:`\eta f(\sigma_\lambda(z))` term: :math:`c_\phi = r_\rho` alone
+    (the paper's surrogate for black-box :math:`f`), so the model is evaluated once (no
+    relaxed passes), :math:`f` needs no gradient (numpy, a simulator, an environment's
+    ``step``), ``eta`` and ``temperature`` are unused, and the estimate is still unbiased.
+    Through the logits in its features :math:`r_\rho` also sees the guide's input and the
+    upstream samples: for a policy, a control variate :math:`c_\phi(s, a)` that depends on
+    the state and on the action.
     """
 
     name = "relax"
@@ -54,6 +64,7 @@ class RELAX(SiteEstimator):
         "hidden": (200, 200),
         "surrogate": None,
         "weight_decay": 0.0,
+        "black_box": False,
     }
 
     def control_variate_params(self, site) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -73,7 +84,9 @@ class RELAX(SiteEstimator):
         )
         return eta, log_temp.exp(), [eta, log_temp]
 
-    def relaxation_temperature(self, site) -> Tensor:
+    def relaxation_temperature(self, site) -> Tensor | None:
+        if self.options.get("black_box"):
+            return None  # it has no temperature: relaxed by the relaxing estimator's own
         return self.control_variate_params(site)[1]
 
     def learned_surrogate(self, site, z: Tensor, like: Tensor) -> tuple[Tensor | float, list]:
@@ -121,11 +134,22 @@ class RELAX(SiteEstimator):
             ev.check_relaxed_value_reaches_costs(site, value, costs)
         return ev.signal(site, costs)
 
+    def _black_box_surrogates(self, site, z_tilde: Tensor) -> tuple[Tensor, Tensor, list]:
+        r""":math:`r_\rho(z)`, :math:`r_\rho(\tilde z)` (one value per plate element, shaped
+        like the learning signal) and :math:`\rho`: no relaxed pass of the model."""
+        like = site.logits.new_zeros(site.plate_shape)
+        c_z, network = self.learned_surrogate(site, site.z, like)
+        c_zt, _ = self.learned_surrogate(site, z_tilde, like)
+        return c_z, c_zt, network
+
     def site_terms(self, ev, site):
+        z_tilde = site.conditional_z(self.options["reuse_noise"])
+        if self.options.get("black_box"):
+            c_z, c_zt, params = self._black_box_surrogates(site, z_tilde)
+            return self._terms(ev, site, c_z, c_zt, params)
         self._check_later_sites(ev, site)
         eta, temp, params = self.control_variate_params(site)
         relaxation = site.relaxation()
-        z_tilde = site.conditional_z(self.options["reuse_noise"])
         # c(z) and c(z~) are one function: later value-free draws (continuous sites) are
         # shared between the two passes, eagerly and inside a compiled program
         noise = SharedNoise(site.logits)
@@ -137,13 +161,20 @@ class RELAX(SiteEstimator):
             )
         extra_z, network = self.learned_surrogate(site, site.z, c_z)
         extra_zt, _ = self.learned_surrogate(site, z_tilde, c_zt)
-        learn = bool(self.options["learn_control_variates"])
+        return self._terms(ev, site, c_z + extra_z, c_zt + extra_zt, params + network, network)
+
+    def _terms(self, ev, site, c_z, c_zt, trained: list, network: list | None = None) -> Terms:
+        r"""The surrogate and control-variate objective of one site given
+        :math:`c_\phi(z)`, :math:`c_\phi(\tilde z)` and every trained :math:`\phi`
+        (``network``: those that ``weight_decay`` applies to, default all)."""
+        network = trained if network is None else network
+        learn = bool(self.options["learn_control_variates"]) and bool(trained)
         grad = E.relax_logit_gradient(
             site.logits,
             E.logit_score(site.logits, site.hard, site.one_hot),
             site.to_event_shape(ev.signal(site)),
-            c_z + extra_z,
-            site.to_event_shape(c_zt + extra_zt),
+            c_z,
+            site.to_event_shape(c_zt),
             create_graph=learn,
         )
         terms = Terms(surrogate=(grad.detach() * site.logits).sum())
@@ -152,7 +183,7 @@ class RELAX(SiteEstimator):
             decay = self.options.get("weight_decay", 0.0)
             if decay:
                 objective = objective + 0.5 * decay * sum(p.pow(2).sum() for p in network)
-            terms.control_variate_loss = variance_gradient_loss(objective, params + network)
+            terms.control_variate_loss = variance_gradient_loss(objective, trained)
         return terms
 
 
