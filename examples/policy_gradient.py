@@ -67,7 +67,7 @@ FINISHED = -30.0
 ESTIMATORS = {
     "reinforce": dict(estimator="reinforce"),
     "rloo": dict(estimator="rloo"),
-    "relax": dict(estimator="relax", black_box=True),
+    "relax": dict(estimator="relax", black_box=True, hidden=(32, 32)),
 }
 
 
@@ -244,6 +244,8 @@ class Trainer:
             p.grad = None
         self.elbo.loss_and_grads(self.model, self.guide, seed)
         grad = torch.cat([p.grad.reshape(-1) for p in self.agent.policy_net.parameters()])
+        # per episode: a plate sums its episodes' gradients, particles (RLOO) are averaged
+        grad = grad / self.agent.episodes.shape[-1]
         for p in store.values():
             p.grad = None
         return grad
@@ -379,7 +381,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.smoke:
-        args.max_episodes = 12 * args.episodes_per_update
+        args.max_episodes = 8 * args.episodes_per_update
     if args.compare:
         compare(args)
         return
@@ -387,9 +389,9 @@ def main(argv=None) -> None:
         args.seed, args.max_episodes, args.variance_every, args.variance_draws,
         stop_when_solved=not args.smoke,
     )
-    n = 4 * args.episodes_per_update
+    n = 3 * args.episodes_per_update
     first, last = sum(r.returns[:n]) / n, sum(r.returns[-n:]) / n
-    print(f"mean return of the first 4 updates {first:.1f}, of the last 4 updates {last:.1f}")
+    print(f"mean return of the first 3 updates {first:.1f}, of the last 3 updates {last:.1f}")
     print(
         f"{args.estimator}: solved after {r.episodes_to_solve} episodes"
         if r.episodes_to_solve
