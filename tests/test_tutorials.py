@@ -47,6 +47,7 @@ def test_pages_found_and_listed() -> None:
             "per_site_and_surrogates",
             "mixture_of_experts",
             "diagnostics",
+            "policy_gradients",
         ]
     )
     index = (TUTORIALS / "index.md").read_text()

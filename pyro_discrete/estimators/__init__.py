@@ -11,6 +11,11 @@ from pyro_discrete.estimators.arm import (
 )
 from pyro_discrete.estimators.decoupled_st import decoupled_st_logit_gradient
 from pyro_discrete.estimators.double_cv import double_cv_logit_gradient, leave_one_out_mean
+from pyro_discrete.estimators.expectation_model import (
+    expectation_model_loss,
+    expectation_model_surrogate,
+    score_function_logit_gradient,
+)
 from pyro_discrete.estimators.indecater import (
     indecater_changed_indices,
     indecater_gradient,
@@ -51,6 +56,8 @@ __all__ = [
     "decoupled_st_logit_gradient",
     "disarm_logit_gradient",
     "double_cv_logit_gradient",
+    "expectation_model_loss",
+    "expectation_model_surrogate",
     "gibbs_stein",
     "gibbs_stein_score",
     "gradient_variance_loss",
@@ -76,6 +83,7 @@ __all__ = [
     "reinmax_rao_logit_gradient",
     "relax_logit_gradient",
     "rodeo_logit_gradient",
+    "score_function_logit_gradient",
     "score_surrogate",
     "event_without_replacement",
     "expected_reinmax_product",

@@ -194,6 +194,8 @@ def base_pass(
 
 #: steps with an all-zero relaxed-value gradient before a site is warned about
 ZERO_GRADIENT_PATIENCE = 10
+#: sums of more terms than this are added in one stacked reduction
+_STACKED_SUM = 16
 
 
 @dataclass
@@ -210,6 +212,8 @@ class StructureInfo:
     checked: set[str] = field(default_factory=set)
     #: steps at which a site's dependent model terms had an all-zero gradient
     zero_gradient_steps: dict[str, int] = field(default_factory=dict)
+    #: per site, the positions in the base pass's cost list of the terms it is scored against
+    signal_costs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -230,6 +234,8 @@ class Evaluation:
     num_particles: int = 1
     subsamples: dict[str, Tensor] = field(default_factory=dict)
     _mean_field: tuple | None = field(default=None, repr=False)
+    #: base-pass costs already reduced to a site's plates, by (plates, batch rank)
+    _reduced: dict = field(default_factory=dict, repr=False)
 
     @property
     def deps(self) -> dict[CostKey, frozenset]:
@@ -265,13 +271,44 @@ class Evaluation:
 
     def signal(self, site: DiscreteSite, costs: list[Cost] | None = None) -> Tensor:
         """The sum of the cost terms that depend on ``site``, reduced to its batch shape."""
+        if costs is None:
+            return self._base_signal(site)
         total = None
-        for cost in self.costs if costs is None else costs:
+        for cost in costs:
             if site.name in self.deps.get(cost.key, ()):
                 part = reduce_to_site(cost.value, cost.frames, site)
                 total = part if total is None else total + part
         if total is None:
             return site.value.new_zeros((1,) * site.batch_ndim)
+        return total
+
+    def _base_signal(self, site: DiscreteSite) -> Tensor:
+        """:meth:`signal` of the base pass's costs. A program with one site and one cost
+        per time step (a policy over an episode) has a number of (site, cost) pairs
+        quadratic in its length: which costs count for a site is found once per trace
+        structure, each cost is reduced once per plate layout, and long sums are added
+        in one stacked reduction."""
+        index = self.structure.signal_costs.get(site.name)
+        if index is None or (index and index[-1] >= len(self.costs)):
+            index = tuple(
+                i for i, cost in enumerate(self.costs) if site.name in self.deps.get(cost.key, ())
+            )
+            self.structure.signal_costs[site.name] = index
+        if not index:
+            return site.value.new_zeros((1,) * site.batch_ndim)
+        reduced = self._reduced.setdefault((site.frames, site.batch_ndim), {})
+        parts = []
+        for i in index:
+            part = reduced.get(i)
+            if part is None:
+                cost = self.costs[i]
+                part = reduced[i] = reduce_to_site(cost.value, cost.frames, site)
+            parts.append(part)
+        if len(parts) > _STACKED_SUM and all(p.shape == parts[0].shape for p in parts):
+            return torch.stack(parts).sum(0)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
         return total
 
     def score(self, site: DiscreteSite) -> Tensor:

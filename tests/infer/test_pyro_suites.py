@@ -178,6 +178,8 @@ INEXACT: dict[str, str] = {
     "decoupled_st": "biased: straight-through of the tempered law (Shah et al. 2024)",
     "reinmax_rao": "biased: ReinMax with relaxed Heun midpoints (our construction)",
     "vimco": "optimises the K-sample bound, whose gradient is not the ELBO's",
+    "expectation_model": "biased: a network's prediction of the gradient, as good as its "
+    "regression (tests/infer/test_expectation_model.py measures it)",
 }
 
 
