@@ -9,6 +9,7 @@ resumable minibatch streams.
 from ._cache import cache_dir
 from .fashion_mnist import fashion_mnist, fashion_mnist_dir, read_idx
 from .loaders import DynamicBinarizer, MinibatchIterator
+from .means import training_mean
 from .mnist import (
     SPLITS,
     DataNotFoundError,
@@ -17,7 +18,6 @@ from .mnist import (
     mnist_labels,
     mnist_probabilities,
     mnist_source_path,
-    training_mean,
 )
 
 __all__ = [

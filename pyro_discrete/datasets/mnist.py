@@ -28,7 +28,6 @@ __all__ = [
     "mnist_labels",
     "mnist_probabilities",
     "mnist_source_path",
-    "training_mean",
 ]
 
 SPLITS = ("train", "valid", "test")
@@ -225,22 +224,3 @@ def binarized_mnist(
     x = binarize(mnist_probabilities(split), split_seed)
     atomic_torch_save(x.to(torch.bool), cached)
     return x
-
-
-def training_mean(data: Literal["mnist", "fashion_mnist"] = "mnist") -> torch.Tensor:
-    r"""Pixel means :math:`\bar x` of a training split, shape ``(784,)``.
-
-    This is the mean of the grey levels, i.e. the expected value of any binarisation of the
-    training images. The REBAR/RELAX protocol centres the encoder input as
-    :math:`x - \bar x` and initialises the decoder's output bias to
-    :math:`\mathrm{logit}(\mathrm{clip}(\bar x, 0.001, 0.999))`.
-
-    :param str data: ``"mnist"`` or ``"fashion_mnist"``.
-    """
-    if data == "mnist":
-        return mnist_probabilities("train").mean(0)
-    if data == "fashion_mnist":
-        from .fashion_mnist import fashion_mnist
-
-        return fashion_mnist("train").mean(0)
-    raise ValueError(f"unknown data set {data!r}; expected 'mnist' or 'fashion_mnist'")

@@ -100,6 +100,30 @@ class ReinMax_ELBO(NamedELBO):
     estimator_name = "reinmax"
 
 
+class LAX_ELBO(NamedELBO):
+    estimator_name = "lax"
+
+
+class IndeCateR_ELBO(NamedELBO):
+    estimator_name = "indecater"
+
+
+class DecoupledStraightThrough_ELBO(NamedELBO):
+    estimator_name = "decoupled_st"
+
+
+class ReinMaxRao_ELBO(NamedELBO):
+    estimator_name = "reinmax_rao"
+
+
+class ReinMaxCV_ELBO(NamedELBO):
+    estimator_name = "reinmax_cv"
+
+
+class ExpectationModel_ELBO(NamedELBO):
+    estimator_name = "expectation_model"
+
+
 #: estimator name -> its ELBO class
 ESTIMATORS: dict[str, type[NamedELBO]] = {
     cls.estimator_name: cls for cls in NamedELBO.__subclasses__()
