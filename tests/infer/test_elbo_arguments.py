@@ -93,7 +93,8 @@ def test_a_per_site_option_of_the_wrong_type_names_the_site():
         DiscreteELBO().loss_and_grads(model, guide)
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+# lax takes continuous sites only: it refuses this Bernoulli model by design (test_lax.py)
+@pytest.mark.parametrize("name", sorted(set(ESTIMATORS) - {"lax"}))
 def test_good_arguments_still_train(name):
     """The checks refuse nothing valid: every estimator, with integer-valued options and a
     given ``max_plate_nesting``, takes a step."""

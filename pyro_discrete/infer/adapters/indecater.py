@@ -94,6 +94,7 @@ class IndeCateR(SiteEstimator):
     """
 
     name = "indecater"
+    requires = "discrete"  # check_site below: Bernoulli, one-hot and index Categorical
     defaults = {"vectorize": True, "chunk_size": None}
 
     def validate_options(self) -> None:
