@@ -96,39 +96,37 @@ def _read_source(source: Path) -> list:
         return _NumpyOnlyUnpickler(f, encoding="latin1").load()
 
 
-@lru_cache(maxsize=1)
-def _labels_int64() -> dict[str, torch.Tensor]:
+def _cached_splits(kind: str, build) -> dict[str, torch.Tensor]:
+    """The per-split tensors ``build(source, splits)`` makes from the source pickle, cached
+    under :func:`cache_dir` by the source's digest; a truncated or foreign cache file is
+    rebuilt."""
     source = mnist_source_path()
     digest = file_sha256(source)
-    cached = cache_dir() / f"mnist_labels_v{_CACHE_VERSION}_{digest[:16]}.pt"
+    cached = cache_dir() / f"mnist_{kind}_v{_CACHE_VERSION}_{digest[:16]}.pt"
     if cached.is_file():
         try:
             return torch.load(cached, weights_only=True)
         except Exception:  # noqa: BLE001 - a truncated or foreign file is simply rebuilt
             cached.unlink(missing_ok=True)
+    out = build(source, zip(SPLITS, _read_source(source), strict=True))
+    atomic_torch_save(out, cached)
+    return out
+
+
+def _labels_from(source: Path, splits) -> dict[str, torch.Tensor]:
     out = {}
-    for name, (_images, labels) in zip(SPLITS, _read_source(source), strict=True):
+    for name, (_images, labels) in splits:
         out[name] = torch.from_numpy(labels.astype("int64"))
         if out[name].shape != (_SPLIT_SIZES[name],):
             raise ValueError(f"{source}: labels of split {name} have shape {tuple(labels.shape)}")
         if out[name].numel() and not (0 <= int(out[name].min()) and int(out[name].max()) <= 9):
             raise ValueError(f"{source}: labels of split {name} are not digits 0-9")
-    atomic_torch_save(out, cached)
     return out
 
 
-@lru_cache(maxsize=1)
-def _grey_uint8() -> dict[str, torch.Tensor]:
-    source = mnist_source_path()
-    digest = file_sha256(source)
-    cached = cache_dir() / f"mnist_grey_v{_CACHE_VERSION}_{digest[:16]}.pt"
-    if cached.is_file():
-        try:
-            return torch.load(cached, weights_only=True)
-        except Exception:  # noqa: BLE001 - a truncated or foreign file is simply rebuilt
-            cached.unlink(missing_ok=True)
+def _grey_from(source: Path, splits) -> dict[str, torch.Tensor]:
     out = {}
-    for name, (images, _labels) in zip(SPLITS, _read_source(source), strict=True):
+    for name, (images, _labels) in splits:
         # Grey levels are k/256 with k in 0..255, so uint8 stores them exactly at 1/4 size.
         levels = torch.from_numpy(images * 256.0).round_()
         if not torch.equal(levels / 256.0, torch.from_numpy(images)):
@@ -136,8 +134,17 @@ def _grey_uint8() -> dict[str, torch.Tensor]:
         out[name] = levels.to(torch.uint8)
         if out[name].shape != (_SPLIT_SIZES[name], 784):
             raise ValueError(f"{source}: split {name} has shape {tuple(out[name].shape)}")
-    atomic_torch_save(out, cached)
     return out
+
+
+@lru_cache(maxsize=1)
+def _labels_int64() -> dict[str, torch.Tensor]:
+    return _cached_splits("labels", _labels_from)
+
+
+@lru_cache(maxsize=1)
+def _grey_uint8() -> dict[str, torch.Tensor]:
+    return _cached_splits("grey", _grey_from)
 
 
 def mnist_probabilities(split: Split = "train") -> torch.Tensor:
