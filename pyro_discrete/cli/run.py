@@ -214,6 +214,15 @@ class Run:
             rundir.write_config(self.directory, self.config)
             self._config_on_disk = self.config
 
+    def say_finished(self) -> None:
+        """Say that a resumed run has nothing left to train (``fit --resume`` of a finished
+        run, on one process or several)."""
+        print(
+            f"pyro-discrete fit: the run in {self.directory} already finished at step "
+            f"{self.start_step}; nothing to do (pass a larger --steps to continue it)",
+            file=sys.stderr,
+        )
+
     # -- writing as training goes --------------------------------------------------------
 
     def append_metrics(self, history: list[dict]) -> None:
