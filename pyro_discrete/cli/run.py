@@ -1,7 +1,7 @@
 """A run: its directory, configuration, lock, checkpoint and metrics, in one place.
 
-``fit`` (in one process or through Lightning) and ``evaluate`` see a run directory only
-through :class:`Run`:
+``fit`` (in one process or through Lightning), ``evaluate`` and ``compare`` see an output
+directory only through :class:`Run`:
 
 - :meth:`Run.create` makes a new run (the directory, its lock, ``config.json`` and the
   header of ``metrics.csv``), refusing a directory that holds something else;
@@ -15,15 +15,20 @@ through :class:`Run`:
 - :meth:`Run.open` reads a run without locking it (``evaluate``, and the processes of a
   multi-process run other than rank 0);
 - :meth:`Run.save` and :meth:`Run.append_metrics` write as training goes, and
-  :meth:`Run.write_summary` marks the run finished.
+  :meth:`Run.write_summary` marks the run finished;
+- :meth:`Run.publish` gives ``compare`` an output written whole or not at all: the same
+  refusals and the same lock as :meth:`Run.create`, held while the output is built in a
+  hidden sibling directory, which then replaces ``--out`` in one rename.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -45,19 +50,103 @@ def _refuse_file(out: Path) -> None:
         raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
 
 
+#: what to do about an ``--out`` that is not empty, by command
+_NOT_EMPTY_ADVICE = {
+    "fit": "pass --resume to continue that run, --overwrite to replace it, or choose "
+    "another --out",
+    "compare": "pass --overwrite to replace it or choose another --out",
+}
+
+
+def _contents(out: Path) -> list[Path]:
+    """What ``out`` holds besides its lock file (an empty list if it does not exist)."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name != LOCK)
+
+
+def _refuse_not_empty(out: Path, kind: str) -> None:
+    if _contents(out):
+        raise CLIError(f"{out} already exists and is not empty; {_NOT_EMPTY_ADVICE[kind]}")
+
+
 def _clear(out: Path, overwrite: bool) -> None:
     # checked again under the lock: another process may have written since the first check
-    entries = [p for p in out.iterdir() if p.name != LOCK]
-    if entries and not overwrite:
-        raise CLIError(
-            f"{out} already exists and is not empty; pass --resume to continue that run, "
-            "--overwrite to replace it, or choose another --out"
-        )
-    for entry in entries:
+    if not overwrite:
+        _refuse_not_empty(out, "fit")
+    for entry in _contents(out):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def _make_directory(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; the directories this call created, innermost
+    first (empty if ``out`` existed)."""
+    missing = [d for d in (out, *out.parents) if not d.exists()]
+    made = []
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made by another process meanwhile: not ours to remove
+        made.append(directory)
+    return made[::-1]
+
+
+def _remove_if_empty(directories: list[Path]) -> None:
+    """Remove the directories a failed command created (innermost first), where they are
+    still empty: a directory that another process has written into meanwhile stays."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _published_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask  # mkdtemp's 0700 is for the unfinished state only
+
+
+def _swap_into_place(built: Path, out: Path) -> None:
+    """Put the directory ``built`` where ``out`` is, in one rename; the old ``out`` is
+    moved aside first and then deleted."""
+    os.chmod(built, _published_mode())
+    trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.replace(out, trash / "old")
+    os.replace(built, out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_orphaned_builds(out: Path) -> None:
+    """Delete the hidden build directories of ``out`` left by a process killed mid-build.
+    Only for the holder of ``out``'s lock: whoever builds one holds that lock throughout."""
+    for orphan in out.parent.glob(f".{out.name}.partial-*"):
+        if orphan.is_dir() and not orphan.is_symlink():
+            shutil.rmtree(orphan, ignore_errors=True)
+            print(
+                f"pyro-discrete: removed {orphan}, left by a process killed while writing "
+                f"{out}",
+                file=sys.stderr,
+            )
+
+
+def _keep_aside(built: Path, out: Path, appeared: list[Path]) -> CLIError:
+    """A finished output that may not replace ``out`` (files appeared in it while it was
+    built, and ``--overwrite`` was not given), moved to a visible sibling; the error that
+    says where."""
+    kept = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}-"))
+    os.replace(built, kept)  # a directory may replace an empty one
+    os.chmod(kept, _published_mode())
+    names = ", ".join(p.name for p in appeared[:3]) + (" ..." if len(appeared) > 3 else "")
+    return CLIError(
+        f"{out} is not empty any more ({names} appeared in it while the output was written) "
+        f"and --overwrite was not given, so nothing in it was replaced: the output is in "
+        f"{kept} instead; move it where you want it"
+    )
 
 
 def _check_resume_options(given: Mapping[str, object], config: dict, out: Path) -> None:
@@ -127,14 +216,56 @@ class Run:
         is not empty (without ``overwrite``) or in use."""
         out = Path(out)
         _refuse_file(out)
-        if out.exists() and not overwrite:
-            _clear(out, overwrite=False)  # refuses a directory that is not empty
+        if not overwrite:
+            _refuse_not_empty(out, "fit")
         out.mkdir(parents=True, exist_ok=True)
         with RunLock(out, command):
             _clear(out, overwrite)
             rundir.write_config(out, config)
             metrics.start_metrics(out / rundir.METRICS)
             yield cls(out, config)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def publish(
+        out: Path, overwrite: bool, command: str = "pyro-discrete compare"
+    ) -> Iterator[Path]:
+        """An output written whole or not at all (``compare``'s report): a hidden sibling
+        directory of ``out`` to write into during the ``with`` block, which then replaces
+        ``out`` in one rename (with ``overwrite``, the old ``out`` is moved aside, then
+        deleted). If the block raises, the hidden directory is deleted, and ``out`` and the
+        directories made for it are left or removed so that nothing is changed.
+
+        ``out`` is refused as by :meth:`create` (a file; not empty without ``overwrite``;
+        in use), then made if missing and locked for the whole block, so that no ``fit`` or
+        other ``compare`` writes it meanwhile. Hidden directories that killed processes left
+        for ``out`` are removed under the lock. Files that appear in ``out`` while the block
+        runs are never deleted without ``overwrite``: the output is then moved beside
+        ``out`` and a :class:`CLIError` says where.
+        """
+        out = Path(out)
+        _refuse_file(out)
+        if not overwrite:
+            _refuse_not_empty(out, "compare")
+        made = _make_directory(out)
+        try:
+            with RunLock(out, command):
+                if not overwrite:
+                    _refuse_not_empty(out, "compare")  # again, under the lock
+                _remove_orphaned_builds(out)
+                built = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+                try:
+                    yield built
+                    appeared = [] if overwrite else _contents(out)
+                    if appeared:
+                        raise _keep_aside(built, out, appeared)
+                    _swap_into_place(built, out)
+                finally:
+                    if built.exists():
+                        shutil.rmtree(built, ignore_errors=True)
+        except BaseException:
+            _remove_if_empty(made)
+            raise
 
     @classmethod
     @contextlib.contextmanager
