@@ -28,7 +28,8 @@ The package: :mod:`~pyro_discrete.cli.parser` (options), :mod:`~pyro_discrete.cl
 :mod:`~pyro_discrete.cli.demo` (the subcommands, reading their
 :mod:`~pyro_discrete.cli.options`), :mod:`~pyro_discrete.cli.training` (the loop),
 :mod:`~pyro_discrete.cli.run` (a run: :mod:`~pyro_discrete.cli.rundir`,
-:mod:`~pyro_discrete.cli.metrics` and :mod:`~pyro_discrete.cli.lock`), and
+:mod:`~pyro_discrete.cli.metrics`, :mod:`~pyro_discrete.cli.outdir` and
+:mod:`~pyro_discrete.cli.lock`), and
 :mod:`~pyro_discrete.cli.tasks` (the data sets and the model registry they read). ``compare``
 is a package of its own (:mod:`~pyro_discrete.cli.compare`: plan, comparison, measure,
 report).

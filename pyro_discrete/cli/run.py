@@ -19,16 +19,17 @@ directory only through :class:`Run`:
 - :meth:`Run.publish` gives ``compare`` an output written whole or not at all: the same
   refusals and the same lock as :meth:`Run.create`, held while the output is built in a
   hidden sibling directory, which then replaces ``--out`` in one rename.
+
+The files are :mod:`~pyro_discrete.cli.rundir`'s, :mod:`~pyro_discrete.cli.checkpoints`'s and
+:mod:`~pyro_discrete.cli.metrics`'s; the directory's operations on disk (made, cleared,
+replaced) :mod:`~pyro_discrete.cli.outdir`'s; the lock :mod:`~pyro_discrete.cli.lock`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -37,131 +38,12 @@ import torch
 from pyro_discrete._io import atomic_write_text
 from pyro_discrete.diagnostics import elbo_estimate
 
-from . import checkpoints, metrics, rundir
+from . import checkpoints, metrics, outdir, rundir
 from .errors import CLIError
-from .lock import LOCK, RunLock
+from .lock import RunLock
 from .tasks import Task
 
 __all__ = ["Run"]
-
-
-def _refuse_file(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
-
-
-#: what to do about an ``--out`` that is not empty, by command
-_NOT_EMPTY_ADVICE = {
-    "fit": "pass --resume to continue that run, --overwrite to replace it, or choose "
-    "another --out",
-    "compare": "pass --overwrite to replace it or choose another --out",
-}
-
-
-def _contents(out: Path) -> list[Path]:
-    """What ``out`` holds besides its lock file (an empty list if it does not exist)."""
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if p.name != LOCK)
-
-
-def _refuse_not_empty(out: Path, kind: str) -> None:
-    if _contents(out):
-        raise CLIError(f"{out} already exists and is not empty; {_NOT_EMPTY_ADVICE[kind]}")
-
-
-def _clear(out: Path, overwrite: bool) -> None:
-    # checked again under the lock: another process may have written since the first check
-    if not overwrite:
-        _refuse_not_empty(out, "fit")
-    for entry in _contents(out):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-def _make_directory(out: Path) -> list[Path]:
-    """Create ``out`` and its missing parents; the directories this call created, innermost
-    first (empty if ``out`` existed)."""
-    missing = [d for d in (out, *out.parents) if not d.exists()]
-    made = []
-    for directory in reversed(missing):
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            continue  # made by another process meanwhile: not ours to remove
-        made.append(directory)
-    return made[::-1]
-
-
-def _remove_if_empty(directories: list[Path]) -> None:
-    """Remove the directories a failed command created (innermost first), where they are
-    still empty: a directory that another process has written into meanwhile stays."""
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-
-
-def _published_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o777 & ~umask  # mkdtemp's 0700 is for the unfinished state only
-
-
-def _swap_into_place(built: Path, out: Path) -> None:
-    """Put the directory ``built`` where ``out`` is, in one rename; the old ``out`` is
-    moved aside first and then deleted."""
-    os.chmod(built, _published_mode())
-    trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.replace(out, trash / "old")
-    os.replace(built, out)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _remove_orphaned_builds(out: Path) -> None:
-    """Delete the hidden build directories of ``out`` left by a process killed mid-build.
-    Only for the holder of ``out``'s lock: whoever builds one holds that lock throughout."""
-    for orphan in out.parent.glob(f".{out.name}.partial-*"):
-        if orphan.is_dir() and not orphan.is_symlink():
-            shutil.rmtree(orphan, ignore_errors=True)
-            print(
-                f"pyro-discrete: removed {orphan}, left by a process killed while writing "
-                f"{out}",
-                file=sys.stderr,
-            )
-
-
-def _keep_aside(built: Path, out: Path, appeared: list[Path]) -> CLIError:
-    """A finished output that may not replace ``out`` (files appeared in it while it was
-    built, and ``--overwrite`` was not given), moved to a visible sibling; the error that
-    says where."""
-    kept = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}-"))
-    os.replace(built, kept)  # a directory may replace an empty one
-    os.chmod(kept, _published_mode())
-    names = ", ".join(p.name for p in appeared[:3]) + (" ..." if len(appeared) > 3 else "")
-    return CLIError(
-        f"{out} is not empty any more ({names} appeared in it while the output was written) "
-        f"and --overwrite was not given, so nothing in it was replaced: the output is in "
-        f"{kept} instead; move it where you want it"
-    )
-
-
-def _check_resume_options(given: Mapping[str, object], config: dict, out: Path) -> None:
-    """:raises CLIError: naming every training option given that differs from the run's."""
-    differences = [
-        f"{rundir.option_flag(key)} {given[key]} (the run has {config[key]})"
-        for key in rundir.TRAINING_OPTIONS
-        if key in given and given[key] != config[key]
-    ]
-    if differences:
-        raise CLIError(
-            f"--resume: {'; '.join(differences)} does not match the run in {out}; a resumed "
-            "run keeps the options it was started with: drop them to resume, or start a new "
-            "--out"
-        )
 
 
 class Run:
@@ -215,12 +97,12 @@ class Run:
         metrics header written. :raises CLIError: if ``out`` is a file, or a directory that
         is not empty (without ``overwrite``) or in use."""
         out = Path(out)
-        _refuse_file(out)
+        outdir.refuse_file(out)
         if not overwrite:
-            _refuse_not_empty(out, "fit")
+            outdir.refuse_not_empty(out, "fit")
         out.mkdir(parents=True, exist_ok=True)
         with RunLock(out, command):
-            _clear(out, overwrite)
+            outdir.clear(out, overwrite)
             rundir.write_config(out, config)
             metrics.start_metrics(out / rundir.METRICS)
             yield cls(out, config)
@@ -244,27 +126,26 @@ class Run:
         ``out`` and a :class:`CLIError` says where.
         """
         out = Path(out)
-        _refuse_file(out)
+        outdir.refuse_file(out)
         if not overwrite:
-            _refuse_not_empty(out, "compare")
-        made = _make_directory(out)
+            outdir.refuse_not_empty(out, "compare")
+        made = outdir.make_directory(out)
         try:
             with RunLock(out, command):
                 if not overwrite:
-                    _refuse_not_empty(out, "compare")  # again, under the lock
-                _remove_orphaned_builds(out)
-                built = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+                    outdir.refuse_not_empty(out, "compare")  # again, under the lock
+                outdir.remove_orphaned_builds(out)
+                built = outdir.new_build(out)
                 try:
                     yield built
-                    appeared = [] if overwrite else _contents(out)
+                    appeared = [] if overwrite else outdir.contents(out)
                     if appeared:
-                        raise _keep_aside(built, out, appeared)
-                    _swap_into_place(built, out)
+                        raise outdir.keep_aside(built, out, appeared)
+                    outdir.swap_into_place(built, out)
                 finally:
-                    if built.exists():
-                        shutil.rmtree(built, ignore_errors=True)
+                    outdir.discard(built)
         except BaseException:
-            _remove_if_empty(made)
+            outdir.remove_if_empty(made)
             raise
 
     @classmethod
@@ -280,7 +161,7 @@ class Run:
         """The run in ``out``, locked for the ``with`` block and checked (see :meth:`open`);
         nothing is written until :meth:`commit`."""
         out = Path(out)
-        _refuse_file(out)
+        outdir.refuse_file(out)
         if not (out / rundir.CONFIG).is_file():
             rundir.read_config(out)  # the message for a directory that is no run
         with RunLock(out, command):
@@ -307,7 +188,7 @@ class Run:
         """
         out = Path(out)
         config = rundir.read_config(out)
-        _check_resume_options(given or {}, config, out)
+        rundir.check_resume_options(given or {}, config, out)
         checkpoint = checkpoints.load_checkpoint(out)
         checkpoints.check_checkpoint(checkpoint, config, out)
         target = config["steps"] if steps is None else steps
