@@ -94,8 +94,11 @@ def estimators_for(model_name: str) -> list[str]:
 
 
 def check_estimators_apply(estimators: list[str], model_name: str) -> None:
-    """:raises CLIError: naming the estimators of ``estimators`` that cannot handle the latent
-    sites of model ``model_name``, and those that can."""
+    """Refuse the estimators of ``estimators`` that cannot handle the latent sites of model
+    ``model_name``.
+
+    :raises CLIError: naming them, the model and the estimators that apply to it.
+    """
     applicable = estimators_for(model_name)
     refused = [name for name in estimators if name not in applicable]
     if not refused:
