@@ -12,8 +12,9 @@ Subcommands::
 ``fit`` writes ``config.json``, ``metrics.csv`` and an atomically replaced ``checkpoint.pt``
 (model parameters, Pyro's param store with the control-variate state, optimiser state, data
 position and RNG state) every ``--checkpoint-every`` steps; ``summary.json`` is written last
-and marks a finished run. ``compare`` builds its output in a hidden temporary directory and
-renames it into place only when ``report.md``, ``results.csv`` and the plots are complete.
+and marks a finished run. ``compare`` locks ``--out`` as ``fit`` does, builds its output in
+a hidden temporary directory and renames it into place only when ``report.md``,
+``results.csv`` and the plots are complete (:meth:`~pyro_discrete.cli.run.Run.publish`).
 
 Bad input (unknown names, missing data, CUDA requested but unavailable, a damaged or
 foreign checkpoint, a resume with other training options, a directory another process is
@@ -27,7 +28,8 @@ The package: :mod:`~pyro_discrete.cli.parser` (options), :mod:`~pyro_discrete.cl
 :mod:`~pyro_discrete.cli.demo` (the subcommands, reading their
 :mod:`~pyro_discrete.cli.options`), :mod:`~pyro_discrete.cli.training` (the loop),
 :mod:`~pyro_discrete.cli.run` (a run: :mod:`~pyro_discrete.cli.rundir`,
-:mod:`~pyro_discrete.cli.metrics` and :mod:`~pyro_discrete.cli.lock`), and
+:mod:`~pyro_discrete.cli.metrics`, :mod:`~pyro_discrete.cli.outdir` and
+:mod:`~pyro_discrete.cli.lock`), and
 :mod:`~pyro_discrete.cli.tasks` (the data sets and the model registry they read). ``compare``
 is a package of its own (:mod:`~pyro_discrete.cli.compare`: plan, comparison, measure,
 report).

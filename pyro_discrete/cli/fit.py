@@ -182,11 +182,7 @@ def _resume(options: FitOptions, device: torch.device) -> int:
     updates = {"device": str(device), "parallel": None}  # a multi-process run recorded it
     with Run.resume(options.out, options.given, options.steps, updates) as run:
         if run.finished:
-            print(
-                f"pyro-discrete fit: the run in {run.directory} already finished at step "
-                f"{run.start_step}; nothing to do (pass a larger --steps to continue it)",
-                file=sys.stderr,
-            )
+            run.say_finished()
             return 0
         config = run.config
         task = make_task(config["model"], config["data"], config["binarization"], config["seed"])

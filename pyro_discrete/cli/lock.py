@@ -60,12 +60,11 @@ class RunLock:
 
     :param directory: the directory to lock; it must exist.
     :param command: what the owner is doing, shown to whoever finds the lock taken.
-    :param name: the lock file's name inside ``directory``.
     :raises CLIError: if another live process holds the lock (naming its pid and host).
     """
 
-    def __init__(self, directory: Path, command: str, name: str = LOCK) -> None:
-        self.path = Path(directory) / name
+    def __init__(self, directory: Path, command: str) -> None:
+        self.path = Path(directory) / LOCK
         self.command = command
         self._fd: int | None = None
 
@@ -158,9 +157,12 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        # removed while still locked, so that no process finds a leftover file to take over
+        # removed while still locked, so that no process finds a leftover file to take over;
+        # only if it is still ours: the directory may have been replaced by a new one
+        # (Run.publish) whose lock file another process holds
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
+                os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
 

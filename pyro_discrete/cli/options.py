@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .rundir import FORMAT_VERSION, TRAINING_OPTIONS
-from .tasks import check_model_name, data_for, make_elbo
+from .tasks import check_estimators_apply, check_model_name, data_for, make_elbo
 
 __all__ = [
     "FIT_DEFAULTS",
@@ -137,7 +137,8 @@ class FitOptions:
         """The ``config.json`` of a new run: the options given, :data:`FIT_DEFAULTS` for the
         others, each name checked before any data is loaded.
 
-        :raises CLIError: for an unknown model or estimator, or data the model does not use.
+        :raises CLIError: for an unknown model or estimator, an estimator that cannot
+            handle the model's latent sites, or data the model does not use.
         """
         config: dict = {"format_version": FORMAT_VERSION}
         for key in (*TRAINING_OPTIONS, "steps"):
@@ -145,6 +146,7 @@ class FitOptions:
             config[key] = FIT_DEFAULTS[key] if value is None else value
         make_elbo(config["estimator"])
         check_model_name(config["model"])
+        check_estimators_apply([config["estimator"]], config["model"])
         config["data"] = data_for(config["model"], config["data"])
         config["device"] = device
         return config

@@ -5,18 +5,12 @@ The run directory is the single-process one (:mod:`~pyro_discrete.cli.rundir`): 
 ``config.json`` (with the options of this module recorded under ``"parallel"``), the same
 ``metrics.csv`` and the same ``checkpoint.pt``, so that ``fit --resume`` continues a run on
 any number of processes, ``evaluate`` reads it, and a run started on one process resumes
-on several. The conversion between Lightning's training state and the checkpoint is:
-
-- parameters, control-variate parameters and running statistics: Pyro's param store
-  (identical on every process: DDP averages the gradients, running statistics are
-  averaged every step by :class:`~pyro_discrete.lightning.DiscreteSVIModule`);
-- optimizer: the per-parameter Adam moments of the ``torch.optim.Adam`` Lightning steps,
-  keyed by param-store name as :class:`~pyro_discrete.optim.MultiTensorAdam` keys them;
-- data position: the minibatches of ``--batch-size`` consumed so far,
-  :math:`t \times W` after :math:`t` steps on :math:`W` processes, as a position of the
-  single-process loader; a multi-process run draws its shards from its own shuffle
-  (Lightning's ``DistributedSampler``), so the order of examples, though not their count,
-  changes with the number of processes.
+on several. :mod:`~pyro_discrete.cli.parallel_state` converts the param store and the
+Adam moments between Lightning and the checkpoint; the data position is converted here:
+the minibatches of ``--batch-size`` consumed so far, :math:`t \times W` after :math:`t`
+steps on :math:`W` processes, as a position of the single-process loader. A multi-process
+run draws its shards from its own shuffle (Lightning's ``DistributedSampler``), so the
+order of examples, though not their count, changes with the number of processes.
 
 Under ``--strategy ddp`` Lightning starts processes 1 to W-1 by running the same command
 again; those (and every process but global rank 0 under ``torchrun`` or a cluster
@@ -39,13 +33,12 @@ import pyro
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.utils.data import DataLoader, Dataset
-
-from pyro_discrete.lightning import DiscreteSVIModule, load_param_store_state, rank_seed
+from torch.utils.data import DataLoader
 
 from . import checkpoints
 from .errors import CLIError
 from .options import FitOptions
+from .parallel_state import ADAM_BETAS, CheckpointedModule, RowDataset, optimizer_state
 from .ranks import RankStop, interrupted, peer_died, watch_children
 from .run import Run
 from .tasks import Task, check_batch_size, make_elbo, make_task
@@ -55,8 +48,6 @@ __all__ = ["PARALLEL", "cmd_fit_parallel", "parallel_options"]
 
 #: the key of ``config.json`` recording how the run was last trained in parallel
 PARALLEL = "parallel"
-#: Adam's moments as the single-process optimizer keeps them (see ``tasks.make_optimizer``)
-_BETAS = (0.9, 0.99999)
 
 
 def parallel_options(options: FitOptions) -> dict:
@@ -78,64 +69,6 @@ def _global_rank(options: FitOptions) -> int:
         return int(os.environ["SLURM_PROCID"])
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
     return node * options.devices + int(os.environ.get("LOCAL_RANK", 0))
-
-
-class _Rows(Dataset):
-    """The training rows; with ``probs`` given, a fresh Bernoulli draw of the row on every
-    access (dynamic binarisation), from the process's RNG, which each rank seeds apart."""
-
-    def __init__(self, rows: torch.Tensor, binarise_on_access: bool) -> None:
-        self.rows, self.binarise = rows, binarise_on_access
-
-    def __len__(self) -> int:
-        return int(self.rows.shape[0])
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        row = self.rows[index]
-        return torch.bernoulli(row) if self.binarise else row
-
-
-class _RunModule(DiscreteSVIModule):
-    """:class:`DiscreteSVIModule` continuing a CLI checkpoint: its param store and Adam
-    moments are loaded once the optimizer exists, and step numbers go on from its step."""
-
-    def __init__(self, *args, checkpoint: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.cli_checkpoint = checkpoint
-        self.start_step = 0 if checkpoint is None else int(checkpoint["step"])
-
-    def on_train_start(self) -> None:
-        if self.cli_checkpoint is not None:
-            device = self.params.parameter(self.params.names[0]).device
-            load_param_store_state(
-                self.cli_checkpoint["param_store"], required=self.params.names, device=device
-            )
-            _load_optimizer_state(self.trainer.optimizers[0], self.cli_checkpoint["optim"])
-        super().on_train_start()
-        # a resumed run draws other samples than the steps it already took
-        seed = rank_seed(self.seed, self.global_rank, self.start_step + self.global_step)
-        pyro.set_rng_seed(seed)
-
-
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    params = dict(pyro.get_param_store().named_parameters())
-    trained = {p for group in optimizer.param_groups for p in group["params"]}
-    for name, moments in state.items():
-        param = params.get(name)
-        if param is None or param not in trained:
-            continue  # moments of a parameter this set-up does not train: nothing to resume
-        optimizer.state[param] = {
-            k: v.to(param.device) if torch.is_tensor(v) and k != "step" else v
-            for k, v in moments.items()
-        }
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    store = pyro.get_param_store()
-    return {
-        store.param_name(p): {k: v.detach().cpu().clone() for k, v in s.items()}
-        for p, s in optimizer.state.items()
-    }
 
 
 class _RunDirectory(Callback):
@@ -202,7 +135,7 @@ class _RunDirectory(Callback):
                 elapsed=self.elapsed,
                 excluded=self.excluded,
                 model=self.model,
-                optim=_optimizer_state(trainer.optimizers[0]),
+                optim=optimizer_state(trainer.optimizers[0]),
                 loader={
                     "epoch": consumed // batches,
                     "position": consumed % batches,
@@ -225,24 +158,20 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
     start = run.start_step
     if start >= config["steps"]:
         if rank == 0:
-            print(
-                f"pyro-discrete fit: the run in {run.directory} is at step {start}; nothing "
-                "to do (pass a larger --steps to continue it)",
-                file=sys.stderr,
-            )
+            run.say_finished()
         return 0
     rows = task.train if task.train_probs is None else task.train_probs
-    dataset = _Rows(rows, binarise_on_access=task.train_probs is not None)
+    dataset = RowDataset(rows, binarise_on_access=task.train_probs is not None)
     batch_size = config["batch_size"]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
-    module = _RunModule(
+    module = CheckpointedModule(
         model.model,
         model.guide,
         make_elbo(config["estimator"]),
         next(iter(DataLoader(dataset, batch_size=batch_size))),
         lr=config["lr"],
         control_variate_lr_factor=config["cv_lr_factor"],
-        optimizer_options={"betas": _BETAS},
+        optimizer_options={"betas": ADAM_BETAS},
         seed=config["seed"],
         batch_to_args=lambda batch: (task.args(batch), {}),
         checkpoint=checkpoint,
@@ -330,11 +259,7 @@ def cmd_fit_parallel(options: FitOptions) -> int:
     if options.resume:
         with Run.resume(options.out, options.given, options.steps, updates) as run:
             if run.finished:
-                print(
-                    f"pyro-discrete fit: the run in {run.directory} already finished at step "
-                    f"{run.start_step}; nothing to do",
-                    file=sys.stderr,
-                )
+                run.say_finished()
                 return 0
             return _train(options, run, _task(run), rank)
     config = {**options.new_run_config(options.accelerator), PARALLEL: parallel_options(options)}

@@ -1,7 +1,7 @@
 """A run: its directory, configuration, lock, checkpoint and metrics, in one place.
 
-``fit`` (in one process or through Lightning) and ``evaluate`` see a run directory only
-through :class:`Run`:
+``fit`` (in one process or through Lightning), ``evaluate`` and ``compare`` see an output
+directory only through :class:`Run`:
 
 - :meth:`Run.create` makes a new run (the directory, its lock, ``config.json`` and the
   header of ``metrics.csv``), refusing a directory that holds something else;
@@ -15,14 +15,20 @@ through :class:`Run`:
 - :meth:`Run.open` reads a run without locking it (``evaluate``, and the processes of a
   multi-process run other than rank 0);
 - :meth:`Run.save` and :meth:`Run.append_metrics` write as training goes, and
-  :meth:`Run.write_summary` marks the run finished.
+  :meth:`Run.write_summary` marks the run finished;
+- :meth:`Run.publish` gives ``compare`` an output written whole or not at all: the same
+  refusals and the same lock as :meth:`Run.create`, held while the output is built in a
+  hidden sibling directory, which then replaces ``--out`` in one rename.
+
+The files are :mod:`~pyro_discrete.cli.rundir`'s, :mod:`~pyro_discrete.cli.checkpoints`'s and
+:mod:`~pyro_discrete.cli.metrics`'s; the directory's operations on disk (made, cleared,
+replaced) :mod:`~pyro_discrete.cli.outdir`'s; the lock :mod:`~pyro_discrete.cli.lock`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,47 +38,12 @@ import torch
 from pyro_discrete._io import atomic_write_text
 from pyro_discrete.diagnostics import elbo_estimate
 
-from . import checkpoints, metrics, rundir
+from . import checkpoints, metrics, outdir, rundir
 from .errors import CLIError
-from .lock import LOCK, RunLock
+from .lock import RunLock
 from .tasks import Task
 
 __all__ = ["Run"]
-
-
-def _refuse_file(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
-
-
-def _clear(out: Path, overwrite: bool) -> None:
-    # checked again under the lock: another process may have written since the first check
-    entries = [p for p in out.iterdir() if p.name != LOCK]
-    if entries and not overwrite:
-        raise CLIError(
-            f"{out} already exists and is not empty; pass --resume to continue that run, "
-            "--overwrite to replace it, or choose another --out"
-        )
-    for entry in entries:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-def _check_resume_options(given: Mapping[str, object], config: dict, out: Path) -> None:
-    """:raises CLIError: naming every training option given that differs from the run's."""
-    differences = [
-        f"{rundir.option_flag(key)} {given[key]} (the run has {config[key]})"
-        for key in rundir.TRAINING_OPTIONS
-        if key in given and given[key] != config[key]
-    ]
-    if differences:
-        raise CLIError(
-            f"--resume: {'; '.join(differences)} does not match the run in {out}; a resumed "
-            "run keeps the options it was started with: drop them to resume, or start a new "
-            "--out"
-        )
 
 
 class Run:
@@ -126,15 +97,56 @@ class Run:
         metrics header written. :raises CLIError: if ``out`` is a file, or a directory that
         is not empty (without ``overwrite``) or in use."""
         out = Path(out)
-        _refuse_file(out)
-        if out.exists() and not overwrite:
-            _clear(out, overwrite=False)  # refuses a directory that is not empty
+        outdir.refuse_file(out)
+        if not overwrite:
+            outdir.refuse_not_empty(out, "fit")
         out.mkdir(parents=True, exist_ok=True)
         with RunLock(out, command):
-            _clear(out, overwrite)
+            outdir.clear(out, overwrite)
             rundir.write_config(out, config)
             metrics.start_metrics(out / rundir.METRICS)
             yield cls(out, config)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def publish(
+        out: Path, overwrite: bool, command: str = "pyro-discrete compare"
+    ) -> Iterator[Path]:
+        """An output written whole or not at all (``compare``'s report): a hidden sibling
+        directory of ``out`` to write into during the ``with`` block, which then replaces
+        ``out`` in one rename (with ``overwrite``, the old ``out`` is moved aside, then
+        deleted). If the block raises, the hidden directory is deleted, and ``out`` and the
+        directories made for it are left or removed so that nothing is changed.
+
+        ``out`` is refused as by :meth:`create` (a file; not empty without ``overwrite``;
+        in use), then made if missing and locked for the whole block, so that no ``fit`` or
+        other ``compare`` writes it meanwhile. Hidden directories that killed processes left
+        for ``out`` are removed under the lock. Files that appear in ``out`` while the block
+        runs are never deleted without ``overwrite``: the output is then moved beside
+        ``out`` and a :class:`CLIError` says where.
+        """
+        out = Path(out)
+        outdir.refuse_file(out)
+        if not overwrite:
+            outdir.refuse_not_empty(out, "compare")
+        made = outdir.make_directory(out)
+        try:
+            with RunLock(out, command):
+                if not overwrite:
+                    outdir.refuse_not_empty(out, "compare")  # again, under the lock
+                outdir.remove_orphaned_builds(out)
+                built = outdir.new_build(out)
+                try:
+                    yield built
+                    appeared = [] if overwrite else outdir.contents(out)
+                    if appeared:
+                        raise outdir.keep_aside(built, out, appeared)
+                    outdir.swap_into_place(built, out)
+                finally:
+                    outdir.discard(built)
+        except BaseException:
+            outdir.remove_if_empty(made)
+            raise
 
     @classmethod
     @contextlib.contextmanager
@@ -149,7 +161,7 @@ class Run:
         """The run in ``out``, locked for the ``with`` block and checked (see :meth:`open`);
         nothing is written until :meth:`commit`."""
         out = Path(out)
-        _refuse_file(out)
+        outdir.refuse_file(out)
         if not (out / rundir.CONFIG).is_file():
             rundir.read_config(out)  # the message for a directory that is no run
         with RunLock(out, command):
@@ -176,7 +188,7 @@ class Run:
         """
         out = Path(out)
         config = rundir.read_config(out)
-        _check_resume_options(given or {}, config, out)
+        rundir.check_resume_options(given or {}, config, out)
         checkpoint = checkpoints.load_checkpoint(out)
         checkpoints.check_checkpoint(checkpoint, config, out)
         target = config["steps"] if steps is None else steps
@@ -213,6 +225,15 @@ class Run:
         if self.config != self._config_on_disk:
             rundir.write_config(self.directory, self.config)
             self._config_on_disk = self.config
+
+    def say_finished(self) -> None:
+        """Say that a resumed run has nothing left to train (``fit --resume`` of a finished
+        run, on one process or several)."""
+        print(
+            f"pyro-discrete fit: the run in {self.directory} already finished at step "
+            f"{self.start_step}; nothing to do (pass a larger --steps to continue it)",
+            file=sys.stderr,
+        )
 
     # -- writing as training goes --------------------------------------------------------
 

@@ -9,6 +9,7 @@ curve) and, once it has finished, ``summary.json``. Every file is replaced atomi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyro_discrete._io import atomic_write_text, orphaned_temporaries
@@ -22,6 +23,7 @@ __all__ = [
     "SUMMARY",
     "FORMAT_VERSION",
     "TRAINING_OPTIONS",
+    "check_resume_options",
     "damaged",
     "read_config",
     "write_config",
@@ -125,3 +127,16 @@ def remove_orphaned_temporaries(run_dir: Path) -> list[Path]:
     return orphans
 
 
+def check_resume_options(given: Mapping[str, object], config: dict, out: Path) -> None:
+    """:raises CLIError: naming every training option given that differs from the run's."""
+    differences = [
+        f"{option_flag(key)} {given[key]} (the run has {config[key]})"
+        for key in TRAINING_OPTIONS
+        if key in given and given[key] != config[key]
+    ]
+    if differences:
+        raise CLIError(
+            f"--resume: {'; '.join(differences)} does not match the run in {out}; a resumed "
+            "run keeps the options it was started with: drop them to resume, or start a new "
+            "--out"
+        )

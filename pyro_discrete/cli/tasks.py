@@ -18,6 +18,8 @@ from pyro_discrete.datasets import (
     training_mean,
 )
 from pyro_discrete.infer import ESTIMATORS, DiscreteELBO, control_variate_lr
+from pyro_discrete.infer.adapters import ESTIMATOR_CLASSES
+from pyro_discrete.infer.sites import SiteError
 from pyro_discrete.models import MODEL_SPECS, ModelSpec, synthetic_moe_data
 from pyro_discrete.optim import MultiTensorAdam
 
@@ -28,9 +30,11 @@ __all__ = [
     "DataSource",
     "Task",
     "check_batch_size",
+    "check_estimators_apply",
     "check_model_name",
     "data_for",
     "describe_data",
+    "estimators_for",
     "make_device",
     "make_elbo",
     "make_optimizer",
@@ -58,6 +62,54 @@ def check_model_name(name: str) -> ModelSpec:
     if name not in MODEL_SPECS:
         raise CLIError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_SPECS))}")
     return MODEL_SPECS[name]
+
+
+#: how a message names each site kind of :attr:`ModelSpec.latent_kinds`
+_KIND_NAMES = {
+    "bernoulli": "Bernoulli",
+    "one_hot": "OneHotCategorical",
+    "categorical": "index-valued Categorical",
+    "other": "not discrete",
+}
+
+
+def _handles(estimator: str, kinds: tuple[str, ...]) -> bool:
+    # the adapter's own check of its ``requires`` (the one that refuses a site at the
+    # first step), asked here of each kind before anything runs
+    adapter = ESTIMATOR_CLASSES[estimator]()
+    for kind in kinds:
+        try:
+            adapter.check_site("z", kind, _KIND_NAMES.get(kind, kind))
+        except SiteError:
+            return False
+    return True
+
+
+def estimators_for(model_name: str) -> list[str]:
+    """The estimators that handle every latent site of model ``model_name``: those whose
+    adapter's ``requires`` accepts each of its :attr:`~pyro_discrete.models.ModelSpec.latent_kinds`
+    (all of them where the model declares none)."""
+    kinds = check_model_name(model_name).latent_kinds
+    return [name for name in ESTIMATORS if _handles(name, kinds)]
+
+
+def check_estimators_apply(estimators: list[str], model_name: str) -> None:
+    """Refuse the estimators of ``estimators`` that cannot handle the latent sites of model
+    ``model_name``.
+
+    :raises CLIError: naming them, the model and the estimators that apply to it.
+    """
+    applicable = estimators_for(model_name)
+    refused = [name for name in estimators if name not in applicable]
+    if not refused:
+        return
+    kinds = check_model_name(model_name).latent_kinds
+    sites = " and ".join(_KIND_NAMES.get(kind, kind) for kind in kinds)
+    names = ", ".join(repr(name) for name in refused)
+    raise CLIError(
+        f"estimator{'s' if len(refused) > 1 else ''} {names} cannot handle the {sites} latent "
+        f"sites of model {model_name!r}; estimators that apply to it: {', '.join(applicable)}"
+    )
 
 
 def data_for(model_name: str, data: str | None) -> str:

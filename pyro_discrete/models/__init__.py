@@ -72,12 +72,18 @@ class ModelSpec:
     :param data: the ``--data`` names it trains on (see
         :data:`pyro_discrete.cli.tasks.DATA_SOURCES`); the first is the default.
     :param report_name: what the comparison report calls it.
+    :param latent_kinds: the kinds of its guide's sampled sites, as
+        :func:`pyro_discrete.infer.sites.describe` names them (``"bernoulli"``,
+        ``"one_hot"``, ``"categorical"``, ``"other"``): the command line offers only the
+        estimators that handle each of them. Empty: not declared, every estimator is
+        offered (and one that cannot handle a site is refused at the first step).
     """
 
     name: str
     build: Callable[..., nn.Module]
     data: tuple[str, ...]
     report_name: str
+    latent_kinds: tuple[str, ...] = ()
 
     @property
     def default_data(self) -> str:
@@ -93,12 +99,36 @@ class _Registry(dict):
 MODEL_SPECS: dict[str, ModelSpec] = _Registry(
     (spec.name, spec)
     for spec in (
-        ModelSpec("sbn_linear1", sbn_linear1, IMAGE_DATA, "linear one-layer sigmoid belief net"),
-        ModelSpec("sbn_linear2", sbn_linear2, IMAGE_DATA, "linear two-layer sigmoid belief net"),
-        ModelSpec("sbn_nonlinear", sbn_nonlinear, IMAGE_DATA, "nonlinear sigmoid belief net"),
-        ModelSpec("categorical_vae", categorical_vae, IMAGE_DATA, "categorical VAE"),
         ModelSpec(
-            "mixture_of_experts", mixture_of_experts, ("synthetic_moe",), "mixture of experts"
+            "sbn_linear1",
+            sbn_linear1,
+            IMAGE_DATA,
+            "linear one-layer sigmoid belief net",
+            ("bernoulli",),
+        ),
+        ModelSpec(
+            "sbn_linear2",
+            sbn_linear2,
+            IMAGE_DATA,
+            "linear two-layer sigmoid belief net",
+            ("bernoulli",),
+        ),
+        ModelSpec(
+            "sbn_nonlinear",
+            sbn_nonlinear,
+            IMAGE_DATA,
+            "nonlinear sigmoid belief net",
+            ("bernoulli",),
+        ),
+        ModelSpec(
+            "categorical_vae", categorical_vae, IMAGE_DATA, "categorical VAE", ("one_hot",)
+        ),
+        ModelSpec(
+            "mixture_of_experts",
+            mixture_of_experts,
+            ("synthetic_moe",),
+            "mixture of experts",
+            ("one_hot",),
         ),
     )
 )

@@ -9,8 +9,9 @@ a difference between estimators is noise. The package, in the order a comparison
 - :mod:`~.schedule`: the rounds of training; :mod:`~.plan`: with ``--time-budget``, the plan
   that fits them (and the optional measurements) into the budget; :mod:`~.budget`: the clock and the
   calibration it plans from;
-- :mod:`~.comparison`: the runs taking turns, the measurements along them and the budget's
-  checks; :mod:`~.measure`: ELBO, IW bound, gradient variance;
+- :mod:`~.comparison`: the runs taking turns and the measurements along them;
+  :mod:`~.pacing`: the budget's checks between rounds; :mod:`~.measure`: ELBO, IW bound,
+  gradient variance;
 - :mod:`~pyro_discrete.cli.compare.run`: one comparison from start to report, written
   into place whole;
 - :mod:`~.outcome`, :mod:`~.stats`, :mod:`~.plots`, :mod:`~.report`: what was measured and

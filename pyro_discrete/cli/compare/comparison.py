@@ -1,11 +1,9 @@
-"""The runs of one comparison, taking turns: training rounds, the measurements along them and
-the budget's checks between rounds."""
+"""The runs of one comparison, taking turns: training rounds and the measurements along them;
+the budget's checks between rounds are :class:`~.pacing.Pacing`'s."""
 
 from __future__ import annotations
 
-import collections
 import copy
-import math
 import sys
 import time
 
@@ -25,7 +23,8 @@ from .measure import (
     variance_at,
 )
 from .outcome import Outcome
-from .schedule import PLANNED_FRACTION, Schedule
+from .pacing import Pacing
+from .schedule import Schedule
 from .settings import CompareSettings
 from .stats import quantile
 
@@ -54,7 +53,7 @@ class _Slot:
 
 
 class Comparison:
-    """The runs of one comparison, what is measured along them, and the budget's account."""
+    """The runs of one comparison and what is measured along them."""
 
     def __init__(
         self, s: CompareSettings, task: Task, device: torch.device, clock: BudgetClock
@@ -72,10 +71,8 @@ class Comparison:
             loader = task.loader(s.batch_size, seed + 1, device)
             self.variance_batches.append(task.args(loader.next_batch()))
         self.slots: dict[tuple[str, int], _Slot] = {}
-        # measured costs: (seconds, schedule units) of the recent rounds, the last measurements
-        self.recent_rounds: collections.deque = collections.deque(maxlen=10)
-        self.eval_cost: float | None = None
-        self.variance_cost: float | None = None
+        #: the budget's checks between rounds
+        self.pacing = Pacing(clock, self.outcome)
 
     # -- the runs ------------------------------------------------------------------
 
@@ -116,7 +113,7 @@ class Comparison:
             value = elbo_on_fixed_data(run, self.eval_args, seed)
             self.outcome.record(name, i, "eval_elbo", run.step, run.train_time, value)
             slot.park()
-        self.eval_cost = time.perf_counter() - t0
+        self.pacing.eval_cost = time.perf_counter() - t0
 
     def measure_variance(self) -> None:
         """Every estimator's gradient variance at each seed's reference-run parameters."""
@@ -144,87 +141,7 @@ class Comparison:
                     self.device,
                 )
                 self.outcome.record(name, i, "grad_log_variance", step, wall, value)
-        self.variance_cost = time.perf_counter() - t0
-
-    # -- the budget ----------------------------------------------------------------
-
-    def _estimate(self, measured: float | None, calibrated: float) -> float:
-        return calibrated if measured is None else measured
-
-    def measurement_costs(self) -> tuple[float, float]:
-        """Seconds of one evaluation boundary and of one variance boundary: as last measured,
-        else as calibrated."""
-        costs, s = self.outcome.costs, self.s
-        return (
-            self._estimate(self.eval_cost, len(self.slots) * costs.evaluation),
-            self._estimate(
-                self.variance_cost,
-                s.seeds * costs.variance_point(s.estimators, s.variance_samples),
-            ),
-        )
-
-    def after_training_cost(self) -> float:
-        """Seconds of the last evaluation, variance point, IW bounds and report."""
-        costs = self.outcome.costs
-        return sum(self.measurement_costs()) + len(self.slots) * costs.iw_bound + costs.report
-
-    @property
-    def round_rate(self) -> float | None:
-        """Seconds per unit of the schedule (a step of every run, or a second of each run's
-        training), over the recent rounds: the current load, not the calibration's."""
-        if not self.recent_rounds:
-            return None
-        return sum(w for w, _ in self.recent_rounds) / sum(u for _, u in self.recent_rounds)
-
-    def end(self) -> float:
-        """When (seconds after the start) the report should be written."""
-        return self.clock.budget * PLANNED_FRACTION - self.outcome.exit_reserve
-
-    def round_cost(self, schedule: Schedule, index: int) -> float:
-        previous = schedule.targets[index - 1] if index else 0.0
-        step = schedule.targets[index] - previous
-        if self.round_rate is not None:
-            return self.round_rate * step
-        costs = self.outcome.costs
-        first = sum(costs.first_steps.values()) * self.s.seeds
-        if schedule.mode == "steps":
-            return first + step * self.s.seeds * sum(costs.step.values())
-        return first + step * len(self.slots)
-
-    def round_fits(self, schedule: Schedule, index: int) -> bool:
-        """Whether the round to boundary ``index``, and everything after it, fit the budget."""
-        if self.clock.budget is None or index == 0:
-            return True
-        end = self.end()
-        upcoming = self.round_cost(schedule, index)
-        # after the round: its boundary's evaluation and variance point (scheduled there, or
-        # the final ones if training stops there), the IW bounds and the report
-        return self.clock.now() + upcoming + self.after_training_cost() <= end
-
-    def replan(self, schedule: Schedule, index: int) -> None:
-        """After every round: the total that the recent rounds' rate affords in what is left.
-
-        Boundaries already reached stay; the rest are spread over the new total.
-        """
-        s, costs = self.s, self.outcome.costs
-        reached = schedule.targets[index]
-        left_fraction = 1 - reached / schedule.total
-        runs = len(self.slots)
-        eval_cost, variance_cost = self.measurement_costs()
-        measurements = (
-            math.ceil(s.eval_points * left_fraction) * eval_cost
-            + math.ceil(s.variance_points * left_fraction) * variance_cost
-            + runs * costs.iw_bound
-            + costs.report
-        )
-        window = self.end() - self.clock.now() - measurements
-        total = max(reached, reached + window / self.round_rate)
-        if schedule.mode == "steps":
-            total = min(s.steps, math.floor(total))
-        # shrinking at once keeps the end on time (the last round becomes a partial one);
-        # growing waits for 1%, so that the measurement points do not move for noise
-        if total < schedule.total or total > 1.01 * schedule.total:
-            schedule.replan(index, total)
+        self.pacing.variance_cost = time.perf_counter() - t0
 
     # -- training ------------------------------------------------------------------
 
@@ -235,7 +152,7 @@ class Comparison:
         try:
             while done + 1 < len(schedule.targets):
                 index = done + 1
-                if not self.round_fits(schedule, index):
+                if not self.pacing.round_fits(schedule, index):
                     self.outcome.stopped_by = "budget"
                     break
                 t0 = time.perf_counter()
@@ -245,7 +162,7 @@ class Comparison:
                 previous = schedule.targets[index - 1] if index else 0.0
                 if index:  # the first round holds the first steps (caches, networks)
                     units = schedule.targets[index] - previous
-                    self.recent_rounds.append((time.perf_counter() - t0, units))
+                    self.pacing.record_round(time.perf_counter() - t0, units)
                 done = index
                 evaluated, measured = index in schedule.evals, index in schedule.variances
                 if evaluated:
@@ -259,10 +176,10 @@ class Comparison:
                 bar.update(1)
                 if (
                     self.clock.budget is not None
-                    and self.round_rate
+                    and self.pacing.round_rate
                     and index < len(schedule.targets) - 1
                 ):
-                    self.replan(schedule, index)
+                    self.pacing.replan(schedule, index)
         finally:
             bar.close()
         if not evaluated:  # the final figures are always measured at the last boundary
@@ -315,5 +232,3 @@ class Comparison:
             self.outcome.runs[(name, i)] = summary
             slot.park()
         pyro.clear_param_store()
-
-

@@ -19,17 +19,12 @@ paper, Tucker et al. 2017, Fig. 2). ``--time-budget`` is planned and kept as
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..compiling import choose_step
-from ..errors import CLIError
-from ..lock import RunLock
+from ..run import Run
 from ..tasks import make_device, make_task
 from . import report
 from .budget import BudgetClock
@@ -72,19 +67,6 @@ def run_compare(
     return out / "report.md"
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the unfinished state only
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, trash / "old")
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def compare_into(
     out: Path,
     overwrite: bool,
@@ -93,31 +75,15 @@ def compare_into(
     started: float | None = None,
     as_process: bool = False,
 ) -> Path:
-    """:func:`run_compare` into a hidden sibling of ``out``, renamed into place when whole.
+    """:func:`run_compare`, published into ``out`` whole by
+    :meth:`~pyro_discrete.cli.run.Run.publish` (locked while it runs, renamed into place
+    when complete).
 
     An interrupted or failed comparison leaves no directory that looks like a finished report.
     """
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CLIError(
-            f"{out} already exists and is not empty; pass --overwrite to replace "
-            "it or choose another --out"
-        )
     choose_step(settings.compile, settings.compile_backend, make_device(settings.device))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as locks:
-        # one comparison per --out at a time, and never over a run directory in use
-        locks.enter_context(RunLock(out.parent, "pyro-discrete compare", f".{out.name}.lock"))
-        if out.is_dir():
-            locks.enter_context(RunLock(out, "pyro-discrete compare --overwrite"))
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        try:
-            run_compare(settings, tmp, progress, started, as_process)
-            _publish(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    with Run.publish(out, overwrite, "pyro-discrete compare") as built:
+        run_compare(settings, built, progress, started, as_process)
     return out / "report.md"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pyro_discrete.infer import ESTIMATORS
 
 from ..errors import CLIError
-from ..tasks import data_for
+from ..tasks import check_estimators_apply, data_for
 
 __all__ = ["CompareOptions", "CompareSettings", "compare_settings", "estimator_list"]
 
@@ -89,6 +89,8 @@ def compare_settings(args: argparse.Namespace) -> CompareSettings:
         raise CLIError("--seeds must be at least 1")
     if args.variance_samples < 2:
         raise CLIError("--variance-samples must be at least 2")
+    data = data_for(args.model, args.data)  # refuses an unknown model first
+    check_estimators_apply(estimators, args.model)
     return CompareSettings(
         model=args.model,
         estimators=list(estimators),
@@ -97,7 +99,7 @@ def compare_settings(args: argparse.Namespace) -> CompareSettings:
         lr=args.lr,
         cv_lr_factor=args.cv_lr_factor,
         seed=args.seed,
-        data=data_for(args.model, args.data),
+        data=data,
         binarization=args.binarization,
         device=args.device,
         reference=reference,
