@@ -1,8 +1,10 @@
 r"""``DiscreteELBO``: one SVI loss for models with discrete latents, estimator by argument.
 
-The driver traces the base pass, hands each discrete guide site to its estimator's adapter
-(:mod:`pyro_discrete.infer.adapters`), sums the terms they return, and refuses a step whose
-loss is not finite before anything is updated. It knows no estimator by name.
+The driver asks :meth:`~pyro_discrete.infer.evaluation.Evaluation.build` once for each
+evaluation (the base pass, its cost terms and their dependencies, in one pass down), hands
+each discrete guide site to its estimator's adapter (:mod:`pyro_discrete.infer.adapters`)
+with it, sums the terms they return, and refuses a step whose loss is not finite before
+anything is updated. It knows no estimator by name.
 
 >>> import torch, pyro, pyro.distributions as dist
 >>> from pyro.infer import SVI

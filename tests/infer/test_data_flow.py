@@ -19,9 +19,9 @@ import sys
 
 import pyro
 import pytest
+from infer.problems import sbn_two_layer
 
 from pyro_discrete.infer import DiscreteELBO
-from tests.infer.problems import sbn_two_layer
 
 PACKAGE = "pyro_discrete"
 
