@@ -136,6 +136,26 @@ def test_model_flows_one_way(name):
     )
 
 
+@pytest.mark.parametrize("name", ["rloo", "reinforce"])
+def test_particles_drawn_one_after_another_flow_one_way_each(name):
+    """With ``vectorize_particles=False`` the driver asks for one evaluation per particle (as
+    Pyro's ``_get_traces`` yields one trace pair per particle): the model comes back to the
+    driver between particles, and each ask is itself one pass down."""
+    flow = _flow(dict(estimator=name, num_particles=3, vectorize_particles=False))
+    print(f"{name} looped: {len(flow.places)} places: {_short(flow.places)}")
+    driver = f"{PACKAGE}.infer.elbo"
+    asks: list[list[str]] = []
+    for module in flow.places:
+        if module == driver:
+            asks.append([])
+        asks[-1].append(module)
+    assert len(asks) == 3
+    assert f"{PACKAGE}.infer.dependencies" in asks[0]  # the structure is found once
+    for ask in asks:
+        assert ask[:2] == [driver, f"{PACKAGE}.infer.evaluation"]
+        assert len(set(ask)) == len(ask), f"a return within one ask: {_short(ask)}"
+
+
 def test_the_recorder_counts_places_and_returns():
     """The counting itself, on the flow the driver had before ``Evaluation.build`` (it
     built the evaluation in two visits: base pass, provenance, then the constructor)."""
