@@ -60,16 +60,6 @@ def is_subsample(site) -> bool:
     return isinstance(site["fn"], _Subsample)
 
 
-def replay_guide_then_model(model, guide, args, kwargs, guide_trace: Trace | None = None):
-    """The guide's trace (replayed against ``guide_trace`` when given) and the model's trace
-    replayed against it: the pair every ELBO term is read from."""
-    if guide_trace is not None:
-        guide = poutine.replay(guide, trace=guide_trace)
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
-
-
 @contextlib.contextmanager
 def preserved_rng():
     """Run a block without consuming the global random streams (CPU and current CUDA):

@@ -1,8 +1,10 @@
 r"""``DiscreteELBO``: one SVI loss for models with discrete latents, estimator by argument.
 
-The driver traces the base pass, hands each discrete guide site to its estimator's adapter
-(:mod:`pyro_discrete.infer.adapters`), sums the terms they return, and refuses a step whose
-loss is not finite before anything is updated. It knows no estimator by name.
+The driver asks :meth:`~pyro_discrete.infer.evaluation.Evaluation.build` once for each
+evaluation (the base pass, its cost terms and their dependencies, in one pass down), hands
+each discrete guide site to its estimator's adapter (:mod:`pyro_discrete.infer.adapters`)
+with it, sums the terms they return, and refuses a step whose loss is not finite before
+anything is updated. It knows no estimator by name.
 
 >>> import torch, pyro, pyro.distributions as dist
 >>> from pyro.infer import SVI
@@ -22,29 +24,21 @@ loss is not finite before anything is updated. It knows no estimator by name.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from pyro.infer.util import is_validation_enabled
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
-from pyro.util import check_model_guide_match, check_site_shape
 from torch import Tensor
 
 from pyro_discrete.infer import control_variates as cv
 from pyro_discrete.infer.adapters import SiteEstimator, Terms, make_estimator
-from pyro_discrete.infer.dependencies import (
-    preserved_rng,
-    structure_key,
-    trace_dependencies,
-    warn_black_box_costs,
-)
-from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, base_pass, cost_terms
+from pyro_discrete.infer.dependencies import preserved_rng
+from pyro_discrete.infer.evaluation import Evaluation, StructureInfo, cost_terms
 from pyro_discrete.infer.shared_noise import is_compiling
 from pyro_discrete.infer.sites import SiteError, site_logits
 
@@ -206,90 +200,42 @@ class DiscreteELBO(ELBO):
         return self._vectorized_num_particles(model), self._vectorized_num_particles(guide)
 
     def _evaluate(self, model, guide, args, kwargs) -> Evaluation:
+        """One evaluation (all the particles when they are vectorised), asked of
+        :meth:`Evaluation.build` once."""
         # one ELBO object may serve several models whose sites share names and shapes
         identity = (id(model), id(guide))
         model, guide = self._wrap(model, guide, args, kwargs)
-        last = _LastSample()
-        try:
-            with last:
-                model_trace, guide_trace, recorded = base_pass(
-                    model, guide, args, kwargs, self._estimator_for
-                )
-        except (IndexError, TypeError, ValueError, RuntimeError) as error:
-            if not (self.vectorize_particles and self.num_particles > 1) or not _is_index_error(
-                error
-            ):
-                raise
-            raise SiteError(
-                f"{type(error).__name__}: {error} -- raised by the model or guide after sample "
-                f"site '{last.name}', with the particles vectorised: every sampled value has "
-                f"an extra batch dim of size num_particles={self.num_particles} at dim "
-                f"{-int(self.max_plate_nesting) - 1}, so a value used as an index "
-                "(`probs_x[x]` followed by more indexing, a Python list indexed by it, "
-                "int(x), x.item()) no longer picks one entry. Write the lookup to broadcast: "
-                "`Vindex(probs_x)[..., x, :]` (from pyro.ops.indexing import Vindex) or a "
-                "one-hot product `one_hot(x) @ probs_x`, or draw the particles one after "
-                "another with DiscreteELBO(..., vectorize_particles=False) (supported by "
-                "'rloo', 'vimco' and every single-sample estimator)"
-            ) from error
-        key = (identity, structure_key(model_trace, guide_trace))
-        structure = self._structures.get(key) if self.cache_dependencies else None
-        if structure is None:
-            self._validate(model_trace, guide_trace)
-            names = frozenset(recorded.sites)
-            found = trace_dependencies(model, guide, args, kwargs, guide_trace, names)
-            warn_black_box_costs(found, self._warned_black_box)
-            structure = StructureInfo(found.deps, untraced=found.untraced)
-            if self.cache_dependencies:
-                self._structures[key] = structure
         particle_frame = None
         if self.vectorize_particles and self.num_particles > 1:
             particle_frame = (PARTICLE_PLATE, -int(self.max_plate_nesting))
-        sites = recorded.sites
+        ev = Evaluation.build(
+            model,
+            guide,
+            args,
+            kwargs,
+            estimator_for=self._estimator_for,
+            max_plate_nesting=self.max_plate_nesting,
+            particle_frame=particle_frame,
+            num_particles=self.num_particles,
+            structures=self._structures if self.cache_dependencies else None,
+            identity=identity,
+            warned=self._warned_black_box,
+        )
         looped = not self.vectorize_particles and self.num_particles > 1
-        for site in sites.values():
+        for site in ev.sites.values():
             if site.estimator.multi_sample and particle_frame is None and not looped:
                 raise SiteError(
                     f"site '{site.name}' uses estimator '{site.estimator.name}', which "
                     "needs several particles: set DiscreteELBO(num_particles=K >= 2, "
                     "vectorize_particles=True)"
                 )
-        return Evaluation(
-            model=model,
-            guide=guide,
-            args=args,
-            kwargs=kwargs,
-            model_trace=model_trace,
-            guide_trace=guide_trace,
-            sites=sites,
-            # continuous extensions only where values may be relaxed (Gumbel, ST)
-            costs=cost_terms(
-                model_trace,
-                guide_trace,
-                relaxed=any(site.estimator.pathwise for site in sites.values()),
-            ),
-            structure=structure,
-            orders=recorded.orders,
-            particle_frame=particle_frame,
-            num_particles=self.num_particles if particle_frame else 1,
-            subsamples=recorded.subsamples,
-        )
+        return ev
 
-    def _validate(self, model_trace, guide_trace) -> None:
-        """Pyro's checks (when validation is on), once per trace structure."""
-        if not is_validation_enabled():
-            return
-        check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-        for trace in (model_trace, guide_trace):
-            for site in poutine.util.prune_subsample_sites(trace).nodes.values():
-                if site["type"] == "sample":
-                    # the log-density's shape, without scoring relaxed values
-                    fn, value = site["fn"], site["value"]
-                    batch = value.shape[: value.dim() - len(fn.event_shape)]
-                    shape = torch.broadcast_shapes(fn.batch_shape, batch)
-                    check_site_shape(
-                        {**site, "log_prob": torch.zeros(()).expand(shape)}, self.max_plate_nesting
-                    )
+    def _get_evaluations(self, model, guide, args, kwargs) -> Iterator[Evaluation]:
+        """The step's evaluations, one after another: one in all when the particles are
+        vectorised, else one per particle (as Pyro's ``ELBO._get_traces``)."""
+        for _ in range(1 if self.vectorize_particles else self.num_particles):
+            yield self._evaluate(model, guide, args, kwargs)
 
     # -- the reported loss ---------------------------------------------------------------
 
@@ -331,11 +277,6 @@ class DiscreteELBO(ELBO):
         return sum((c.value.sum() for c in costs), torch.zeros(())).detach()
 
     # -- assembling one step --------------------------------------------------------------
-
-    def _particle_step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
-        """One (possibly vectorised) evaluation: ``(elbo, loss, running-statistic updates)``;
-        the ELBO and loss are checked to be finite."""
-        return self._terms_of(self._evaluate(model, guide, args, kwargs))
 
     def _terms_of(self, ev: Evaluation) -> tuple[Tensor, Tensor, list]:
         model_level = [s.estimator for s in ev.sites.values() if s.estimator.model_level]
@@ -402,19 +343,18 @@ class DiscreteELBO(ELBO):
         return (*self._checked(culprit, elbo, loss), terms.updates)
 
     def _step(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor, list]:
+        """One step's ``(elbo, loss, running-statistic updates)``, the ELBO and loss checked
+        to be finite."""
+        evaluations = self._get_evaluations(model, guide, args, kwargs)
+        ev = next(evaluations)
         if self.vectorize_particles:
-            return self._particle_step(model, guide, args, kwargs)
-        ev = self._evaluate(model, guide, args, kwargs)
+            return self._terms_of(ev)
         if self.num_particles > 1 and any(s.estimator.multi_sample for s in ev.sites.values()):
-            rest = [
-                self._evaluate(model, guide, args, kwargs) for _ in range(self.num_particles - 1)
-            ]
-            return self._looped_terms([ev, *rest])
+            return self._looped_terms([ev, *evaluations])
         elbo, loss, updates = 0.0, 0.0, []
-        for i in range(self.num_particles):
-            if i:
-                ev = self._evaluate(model, guide, args, kwargs)
-            e, l_, u = self._terms_of(ev)
+        # each particle's terms before the next particle is drawn
+        for each in itertools.chain([ev], evaluations):
+            e, l_, u = self._terms_of(each)
             elbo, loss = elbo + e / self.num_particles, loss + l_ / self.num_particles
             updates += u
         return elbo, loss, updates
@@ -463,10 +403,9 @@ class DiscreteELBO(ELBO):
             if self.estimator.model_level:
                 elbo, _, _ = self._step(model, guide, args, kwargs)
                 return -float(elbo)
-            runs = 1 if self.vectorize_particles else self.num_particles
             total = sum(
-                float(self._reported_elbo(self._evaluate(model, guide, args, kwargs)))
-                for _ in range(runs)
+                float(self._reported_elbo(ev))
+                for ev in self._get_evaluations(model, guide, args, kwargs)
             )
             value = -total / self.num_particles
             if self.check_finite and not _finite(value):
@@ -533,32 +472,6 @@ def _check_arguments(
             "DiscreteELBO: estimator_options must be a dict of option name -> value, e.g. "
             f"{{'temperature': 0.5}}, got {estimator_options!r}"
         )
-
-
-class _LastSample(Messenger):
-    """Records the name of the last sample site run, to say where an error arose."""
-
-    def __init__(self):
-        super().__init__()
-        self.name: str | None = None
-
-    def _pyro_post_sample(self, msg):
-        self.name = msg["name"]
-
-
-#: messages of the errors that indexing with a batched value raises
-_INDEX_MESSAGES = (
-    "index",  # IndexError: too many indices / out of bounds; TypeError: ... to an index
-    "only one element tensors can be converted",  # int(x), float(x)
-    "cannot be converted to scalar",  # x.item()
-)
-
-
-def _is_index_error(error: Exception) -> bool:
-    if isinstance(error, SiteError):
-        return False
-    text = str(error).lower()
-    return isinstance(error, IndexError) or any(m in text for m in _INDEX_MESSAGES)
 
 
 def _option_key(value):

@@ -1,25 +1,28 @@
 """The Pyro plumbing shared by every estimator, written once.
 
-:func:`base_pass` runs the guide (each discrete site's value chosen by its estimator) and
-the model replayed against it. An :class:`Evaluation` holds those traces, the ELBO's cost
-terms, which discrete sites each cost depends on (:mod:`~pyro_discrete.infer.dependencies`,
-cached per trace structure), and the means to run the guide and model again with some
-discrete values replaced: kept fixed up to a site, forced to an antithetic value, relaxed,
-conditionally relaxed, or set to their means.
+:meth:`Evaluation.build` is the one pass down that a step's driver asks for: it runs the
+guide (each discrete site's value chosen by its estimator) and the model replayed against
+it (:func:`base_pass`), checks the traces, reads the ELBO's cost terms, and finds which
+discrete sites each cost depends on (:mod:`~pyro_discrete.infer.dependencies`, cached per
+trace structure). The :class:`Evaluation` it returns holds all that, and the means to run
+the guide and model again with some discrete values replaced: kept fixed up to a site,
+forced to an antithetic value, relaxed, conditionally relaxed, or set to their means.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
+from pyro.util import check_model_guide_match, check_site_shape
 from torch import Tensor
 
 from pyro_discrete.infer.dependencies import (
@@ -27,7 +30,9 @@ from pyro_discrete.infer.dependencies import (
     MODEL,
     CostKey,
     is_subsample,
+    structure_key,
     trace_dependencies,
+    warn_black_box_costs,
 )
 from pyro_discrete.infer.sites import (
     DiscreteSite,
@@ -46,6 +51,7 @@ __all__ = [
     "Evaluation",
     "StructureInfo",
     "base_pass",
+    "check_traces",
     "cost_terms",
     "reduce_to_frames",
     "reduce_to_site",
@@ -192,6 +198,76 @@ def base_pass(
     return model_trace, guide_trace, recorder
 
 
+class _LastSample(Messenger):
+    """Records the name of the last sample site run, to say where an error arose."""
+
+    def __init__(self):
+        super().__init__()
+        self.name: str | None = None
+
+    def _pyro_post_sample(self, msg):
+        self.name = msg["name"]
+
+
+#: messages of the errors that indexing with a batched value raises
+_INDEX_MESSAGES = (
+    "index",  # IndexError: too many indices / out of bounds; TypeError: ... to an index
+    "only one element tensors can be converted",  # int(x), float(x)
+    "cannot be converted to scalar",  # x.item()
+)
+
+
+def _is_index_error(error: Exception) -> bool:
+    if isinstance(error, SiteError):
+        return False
+    text = str(error).lower()
+    return isinstance(error, IndexError) or any(m in text for m in _INDEX_MESSAGES)
+
+
+def _explained_base_pass(
+    model, guide, args, kwargs, estimator_for: Callable, particle_frame: tuple | None, size: int
+) -> tuple[Trace, Trace, _BasePass]:
+    """:func:`base_pass`; with particles vectorised in ``particle_frame``, an indexing error
+    of the user's code is explained (the sampled values carry the particle dim)."""
+    last = _LastSample()
+    try:
+        with last:
+            return base_pass(model, guide, args, kwargs, estimator_for)
+    except (IndexError, TypeError, ValueError, RuntimeError) as error:
+        if particle_frame is None or not _is_index_error(error):
+            raise
+        raise SiteError(
+            f"{type(error).__name__}: {error} -- raised by the model or guide after sample "
+            f"site '{last.name}', with the particles vectorised: every sampled value has "
+            f"an extra batch dim of size num_particles={size} at dim {particle_frame[1]}, "
+            "so a value used as an index "
+            "(`probs_x[x]` followed by more indexing, a Python list indexed by it, "
+            "int(x), x.item()) no longer picks one entry. Write the lookup to broadcast: "
+            "`Vindex(probs_x)[..., x, :]` (from pyro.ops.indexing import Vindex) or a "
+            "one-hot product `one_hot(x) @ probs_x`, or draw the particles one after "
+            "another with DiscreteELBO(..., vectorize_particles=False) (supported by "
+            "'rloo', 'vimco' and every single-sample estimator)"
+        ) from error
+
+
+def check_traces(model_trace: Trace, guide_trace: Trace, max_plate_nesting: float) -> None:
+    """Pyro's checks of a model and guide trace pair, when validation is enabled: the sites
+    match, and each site's log-density shape fits ``max_plate_nesting`` plates."""
+    if not is_validation_enabled():
+        return
+    check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
+    for trace in (model_trace, guide_trace):
+        for site in poutine.util.prune_subsample_sites(trace).nodes.values():
+            if site["type"] == "sample":
+                # the log-density's shape, without scoring relaxed values
+                fn, value = site["fn"], site["value"]
+                batch = value.shape[: value.dim() - len(fn.event_shape)]
+                shape = torch.broadcast_shapes(fn.batch_shape, batch)
+                check_site_shape(
+                    {**site, "log_prob": torch.zeros(()).expand(shape)}, max_plate_nesting
+                )
+
+
 #: steps with an all-zero relaxed-value gradient before a site is warned about
 ZERO_GRADIENT_PATIENCE = 10
 #: sums of more terms than this are added in one stacked reduction
@@ -228,7 +304,8 @@ class Evaluation:
     guide_trace: Trace
     sites: dict[str, DiscreteSite]
     costs: list[Cost]
-    structure: StructureInfo
+    #: set by :meth:`build` before the evaluation is handed out
+    structure: StructureInfo | None
     orders: dict[str, int]
     particle_frame: tuple | None = None
     num_particles: int = 1
@@ -236,6 +313,75 @@ class Evaluation:
     _mean_field: tuple | None = field(default=None, repr=False)
     #: base-pass costs already reduced to a site's plates, by (plates, batch rank)
     _reduced: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        *,
+        estimator_for: Callable,
+        max_plate_nesting: float,
+        particle_frame: tuple | None = None,
+        num_particles: int = 1,
+        structures: dict | None = None,
+        identity: Hashable = None,
+        warned: set | None = None,
+    ) -> Evaluation:
+        """The evaluation of one step, in one pass down: the base pass, Pyro's checks of
+        the traces, the cost terms, then provenance (which costs depend on which sites).
+
+        :param model: the model, wrapped in the particle plate when particles are vectorised.
+        :param guide: the guide, wrapped likewise.
+        :param estimator_for: ``msg -> SiteEstimator``, the estimator of a discrete guide site.
+        :param max_plate_nesting: for Pyro's shape checks.
+        :param particle_frame: ``(name, dim)`` of the vectorised particle plate, if any.
+        :param num_particles: the size of that plate (1 without one).
+        :param structures: what was found per trace structure, filled and reused across
+            steps under the key ``(identity, structure_key(...))``; ``None``: find it anew
+            (data flow that changes with the sampled values). The traces are checked only
+            when a structure is first seen.
+        :param identity: the rest of the key (the driver passes the ids of the unwrapped
+            model and guide: one ELBO may serve models whose sites share names and shapes).
+        :param warned: cost sites already warned about as black boxes (each is named once).
+        """
+        model_trace, guide_trace, recorded = _explained_base_pass(
+            model, guide, args, kwargs, estimator_for, particle_frame, num_particles
+        )
+        key = (identity, structure_key(model_trace, guide_trace))
+        structure = None if structures is None else structures.get(key)
+        if structure is None:
+            check_traces(model_trace, guide_trace, max_plate_nesting)
+        sites = recorded.sites
+        ev = cls(
+            model=model,
+            guide=guide,
+            args=args,
+            kwargs=kwargs,
+            model_trace=model_trace,
+            guide_trace=guide_trace,
+            sites=sites,
+            # continuous extensions only where values may be relaxed (Gumbel, ST)
+            costs=cost_terms(
+                model_trace,
+                guide_trace,
+                relaxed=any(site.estimator.pathwise for site in sites.values()),
+            ),
+            structure=structure,
+            orders=recorded.orders,
+            particle_frame=particle_frame,
+            num_particles=num_particles if particle_frame else 1,
+            subsamples=recorded.subsamples,
+        )
+        if structure is None:
+            found = trace_dependencies(model, guide, args, kwargs, guide_trace, frozenset(sites))
+            warn_black_box_costs(found, set() if warned is None else warned)
+            ev.structure = StructureInfo(found.deps, untraced=found.untraced)
+            if structures is not None:
+                structures[key] = ev.structure
+        return ev
 
     @property
     def deps(self) -> dict[CostKey, frozenset]:

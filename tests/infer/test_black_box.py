@@ -270,14 +270,14 @@ def test_vimco_with_a_numpy_reward_matches_the_exact_bound():
 def test_the_harness_sees_a_lost_reward(monkeypatch):
     """Scoring the numpy reward against no site (the behaviour before the sequential rule)
     is detected: the tests above would fail if the rule were missing."""
-    import pyro_discrete.infer.elbo as elbo_module
+    import pyro_discrete.infer.evaluation as evaluation_module
 
     def without_the_rule(*args, **kwargs):
         found = trace_dependencies(*args, **kwargs)
         deps = {key: sites - found.sequential[key] for key, sites in found.deps.items()}
         return dataclasses.replace(found, deps=deps)
 
-    monkeypatch.setattr(elbo_module, "trace_dependencies", without_the_rule)
+    monkeypatch.setattr(evaluation_module, "trace_dependencies", without_the_rule)
     for problem in (bits_in_one_plate("numpy"), policy_sequence("numpy")):
         z = max_abs_z(draws(problem, elbo_for("reinforce")), problem.exact())
         print(f"{problem.name} without the sequential rule: max|z| = {z:.1f}")
