@@ -20,6 +20,7 @@ from pyro_discrete.infer.control_variates import (
     control_variate_state,
     running_statistics,
 )
+from pyro_discrete.infer.dependencies import BlackBoxCostWarning
 from pyro_discrete.infer.elbo import DiscreteELBO, NonFiniteLossError
 from pyro_discrete.infer.named import (
     ARM_ELBO,
@@ -50,6 +51,7 @@ from pyro_discrete.infer.named import (
 from pyro_discrete.infer.sites import SiteError
 
 __all__ = [
+    "BlackBoxCostWarning",
     "ExpectationModel_ELBO",
     "ReinMaxCV_ELBO",
     "ReinMaxRao_ELBO",

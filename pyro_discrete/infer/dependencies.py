@@ -314,25 +314,33 @@ def dependency_map(
     return trace_dependencies(model, guide, args, kwargs, guide_trace, names, inherit).deps
 
 
+def _named(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
+
+
 def warn_black_box_costs(found: Dependencies, warned: set) -> None:
-    """Say once per cost site (``warned`` holds those already named) that its learning
-    signal comes from the sequential rule."""
-    for key, sites in sorted(found.sequential.items()):
-        if not sites or key in warned:
-            continue
-        warned.add(key)
-        role, name = key
-        read = ", ".join(f"'{s}'" for s in sorted(sites))
-        warnings.warn(
-            f"DiscreteELBO: {role} site '{name}' is a black-box cost: it was computed after "
-            f"the program read the value of discrete site {read} on the host or outside "
-            "torch (.numpy(), np.asarray, .tolist(), .item(), bool(), int(), float(), Python "
-            "control flow, a simulator, an in-place write into another tensor), where "
-            "provenance tracking cannot follow it. It is scored against every site so read "
-            "before it, in the plate slices they share (the sequential rule, as the "
-            "reward-to-go of policy gradients): unbiased, but less Rao-Blackwellised than "
-            "a cost written with torch operations on the sampled values. Relaxation "
-            "estimators (gumbel, st, gumbel_rao, reinmax, rebar, relax) refuse such a cost",
-            BlackBoxCostWarning,
-            stacklevel=4,
-        )
+    """Say once, in one warning per step that finds new ones, which cost sites get their
+    learning signal from the sequential rule (``warned`` holds those already named), so that
+    a policy with a reward site per time step is told once, not once per step of it."""
+    new = [(key, sites) for key, sites in found.sequential.items()
+           if sites and key not in warned]
+    if not new:
+        return
+    warned.update(key for key, _ in new)
+    costs = _named([f"{role} site '{name}'" for (role, name), _ in new])
+    read_sites = dict.fromkeys(site for _, sites in new for site in sorted(sites))
+    read = _named([f"'{site}'" for site in read_sites])
+    warnings.warn(
+        f"DiscreteELBO: black-box cost(s) at {costs}: computed after the "
+        f"program read the value of discrete site(s) {read} on the host or outside "
+        "torch (.numpy(), np.asarray, .tolist(), .item(), bool(), int(), float(), Python "
+        "control flow, a simulator, an in-place write into another tensor), where "
+        "provenance tracking cannot follow them. Each is scored against every site so read "
+        "before it, in the plate slices they share (the sequential rule, as the "
+        "reward-to-go of policy gradients): unbiased, but less Rao-Blackwellised than "
+        "a cost written with torch operations on the sampled values. Relaxation "
+        "estimators (gumbel, st, gumbel_rao, reinmax, rebar, relax) refuse such a cost",
+        BlackBoxCostWarning,
+        stacklevel=4,
+    )

@@ -85,7 +85,7 @@ class DiscreteELBO(ELBO):
         provenance tracking, which sees tensor operations only: a cost computed after a
         sampled value was read outside torch (``.numpy()``, ``.item()``, Python control
         flow such as ``if z.item() == 1``, a simulator) is scored against the sites so read
-        by the sequential rule, and warned about once, naming the cost site (see
+        by the sequential rule, and warned about once, in one warning naming the cost sites (see
         :mod:`~pyro_discrete.infer.dependencies`); data flow that changes with the sampled
         values needs ``cache_dependencies=False``.
     :param dict estimator_options: options of the chosen estimator (see its class), e.g.
