@@ -157,8 +157,8 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
         checkpoints.load_model_state(model, checkpoint["model"], run.directory, config["model"])
     start = run.start_step
     if start >= config["steps"]:
-        if rank == 0:
-            run.say_finished()
+        if rank == 0:  # trained to its end by a run stopped before its summary: write it
+            _summarise_trained(run, task, model, options.eval_examples)
         return 0
     rows = task.train if task.train_probs is None else task.train_probs
     dataset = RowDataset(rows, binarise_on_access=task.train_probs is not None)
@@ -231,6 +231,20 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
         examples_per_s=round(examples / this_session, 1) if this_session > 0 else None,
     )
     return 0
+
+
+def _summarise_trained(run: Run, task: Task, model, examples: int) -> None:
+    """The summary of a run whose checkpoint is at its last step, as the single-process
+    path writes it on such a resume."""
+    checkpoint = run.checkpoint
+    kind = SimpleNamespace(description="eager step, data-parallel through Lightning")
+    done = SimpleNamespace(
+        step=run.start_step,
+        train_time=float(checkpoint["elapsed"]) - float(checkpoint["excluded"]),
+        model=model.to("cpu"),
+        step_choice=kind,
+    )
+    run.summarise(done, task, examples, torch.device("cpu"))
 
 
 def _task(run: Run) -> Task:

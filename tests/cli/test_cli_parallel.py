@@ -100,6 +100,20 @@ def test_one_process_run_resumes_on_two(data_cache, tmp_path):
         assert (after["param_store"]["params"][name] - value).abs().max() < 0.1, name
 
 
+def test_a_run_trained_to_its_end_without_a_summary_gets_one_on_resume(data_cache, tmp_path):
+    """A run stopped after its last checkpoint but before its summary: the multi-process
+    resume writes the summary from the checkpoint (as the single-process one does) instead
+    of calling the run finished without it."""
+    out = tmp_path / "run"
+    _fit(data_cache, out, 8)
+    (out / rundir.SUMMARY).unlink()
+    before = (out / rundir.CHECKPOINT).read_bytes()
+    _resume(data_cache, out, 8, *ON_TWO)
+    summary = json.loads((out / rundir.SUMMARY).read_text())
+    assert summary["complete"] and summary["step"] == 8
+    assert (out / rundir.CHECKPOINT).read_bytes() == before  # nothing trained
+
+
 def test_sigterm_stops_every_process_and_saves_the_last_step(data_cache, tmp_path):
     out = tmp_path / "run"
     argv = [*PARALLEL_RUN, "--steps", "40", "--out", str(out), *ON_TWO]
