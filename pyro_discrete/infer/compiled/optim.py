@@ -98,6 +98,9 @@ class TensorOptimizer:
         #: steps that give them no gradient
         #: (by id, with a weak reference: tensors compare by value, not identity)
         self.had_gradient: dict[int, weakref.ref] = {}
+        #: Adam and AdamW as torch's fused kernel (off while a step is recorded for
+        #: inductor, which has no fake kernel for it and fuses the elementwise rule itself)
+        self.fuse = True
 
     # -- state -----------------------------------------------------------------------
 
@@ -265,7 +268,8 @@ class TensorOptimizer:
             slot = self.slot(param)
             lr = self._refresh_learning_rates()
             grad = _clip(grad, slot.clip)
-            if slot.rule in ("adam", "adamw") and _fusable(param, grad, slot.state):
+            fusable = self.fuse and slot.rule in ("adam", "adamw")
+            if fusable and _fusable(param, grad, slot.state):
                 key = (slot.lr_index, slot.rule, param.device, param.dtype)
                 fused.setdefault(key, []).append((param, grad, slot))
                 continue

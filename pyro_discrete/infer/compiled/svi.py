@@ -501,7 +501,11 @@ class CompiledSVI:
             out["result"] = result
             return (result.loss, result.finite, *result.grads)
 
-        graph_module = trace(step_program, [*state, *tensors])
+        fuse, self.tensor_optim.fuse = self.tensor_optim.fuse, backend != "trace+inductor"
+        try:
+            graph_module = trace(step_program, [*state, *tensors])
+        finally:
+            self.tensor_optim.fuse = fuse
         result: StepResult = out["result"]
         allowed = {id(t) for t in state}
         for module in result.modules:
