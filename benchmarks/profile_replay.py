@@ -94,12 +94,13 @@ class TimedInterpreter(torch.fx.Interpreter):
         return out
 
 
-def profile(estimator: str, batch: int, steps: int) -> dict:
+def profile(estimator: str, batch: int, steps: int, spec: ModelSpec | None = None) -> dict:
+    """Build the program of one configuration and time its parts over ``steps`` replays."""
     pyro.clear_param_store()
     pyro.enable_validation(False)
     from pyro_discrete.infer import CompiledSVI
 
-    spec = ModelSpec()
+    spec = spec or ModelSpec()
     net = spec.build(0, torch.device("cpu"))
     baselines = nvil_baselines(net) if estimator == "nvil" else None
     pair = PyroPair(net, f"prof_{estimator}", baselines)
