@@ -314,10 +314,13 @@ def _fusable(param: Tensor, grad: Tensor, state: dict) -> bool:
     # torch's fused kernels walk raw storage: every tensor dense, alike in layout and dtype
     tensors = [param, grad, state["exp_avg"], state["exp_avg_sq"]]
     tensors += [state["max_exp_avg_sq"]] if "max_exp_avg_sq" in state else []
+    step = state["step"]
     return (
         param.dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
         and all(t.is_contiguous() and t.dtype == param.dtype for t in tensors)
-        and all(t.device == param.device for t in [*tensors, state["step"]])
+        and all(t.device == param.device for t in [*tensors, step])
+        # the CUDA kernels read float32 step counters (float64 under a float64 default)
+        and (param.device.type == "cpu" or step.dtype == torch.float32)
     )
 
 
