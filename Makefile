@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo lint docs bench clean
+.PHONY: install test demo lint docs bench peers clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,16 @@ docs: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# The NumPyro / JAX peers of `make bench` (benchmarks/jax_peers.py) in their own virtual
+# environment, so that .venv stays torch-only; benchmarks.run finds it by its path.
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q "jax[cpu]>=0.4.30" "numpyro>=0.15"
+	touch $@
+
+peers: $(PEERS_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import handwritten as hw
+from benchmarks import jax_peers
 from benchmarks.pyro_models import (
     PyroPair,
     discrete_elbo_available,
@@ -51,6 +52,20 @@ IMPLS = ("handwritten", "pyro_discrete", "tracegraph")
 # --inductor also the traced program compiled by torch.compile, and on CUDA the
 # hand-written step captured in one CUDA graph (the floor).
 COMPILED_IMPLS = ("compiled", "compiled_inductor", "handwritten_graph")
+# The JAX peers (benchmarks/jax_peers.py, run in .venv-peers by a subprocess worker): the
+# row each peer variant fills, by the worker's variant name.
+PEER_IMPLS = {"numpyro_reinforce": "numpyro_jit", "jax_reinforce": "jax_jit", "jax_nvil": "jax_jit"}
+PEERS_VENV = Path(__file__).resolve().parent.parent / ".venv-peers"
+# Rows of the side-by-side table (issue 21), in the issue's order.
+SIDE_BY_SIDE = (
+    ("handwritten", "hand-written PyTorch, eager"),
+    ("numpyro_jit", "NumPyro `TraceGraph_ELBO`, jit"),
+    ("jax_jit", "hand-written JAX, jit"),
+    ("compiled_inductor", "pyro_discrete `CompiledSVI` trace+inductor"),
+    ("compiled", "pyro_discrete `CompiledSVI` trace"),
+    ("pyro_discrete", "pyro_discrete eager `SVI`"),
+    ("tracegraph", "Pyro `TraceGraph_ELBO`"),
+)
 # Unique parameter and site names for every Pyro variant built in this process.
 _VARIANT_IDS = itertools.count()
 # The performance issue's targets for pyro_discrete / hand-written, by device and batch.
@@ -114,6 +129,12 @@ class Variant:
     persistent: Callable[[], list[Tensor]] = lambda: []
     # Steps taken before timing starts (tracing, compiling, capture), not timed.
     prepare_steps: int = 0
+    # A variant timed elsewhere (a peer worker): ``timed(x, n)`` takes n steps and returns
+    # their times in seconds; ``step`` is then unused.
+    timed: Callable[[Tensor, int], list[float]] | None = None
+    # Seconds from nothing to a warm step: the prepare steps (eager step, trace, compile)
+    # or, for a peer, building and jitting its step.
+    first_use_s: float | None = None
 
 
 def _optim_state_tensors(optim: torch.optim.Optimizer) -> list[Tensor]:
@@ -183,8 +204,12 @@ def build_variants(
     device: torch.device,
     impls: tuple[str, ...],
     seed: int = 0,
+    peers: tuple[PeerWorker | None, str] | None = None,
+    warmup: int = 3,
 ) -> list[Variant]:
     out: list[Variant] = []
+    if peers is not None:
+        out += _peer_variants(peers[0], peers[1], spec, estimator, warmup)
     if "handwritten" in impls:
         step = hw.make_step(estimator, spec.build(seed, device))
         v = Variant("handwritten", estimator, step.step, _no_scope)
@@ -291,6 +316,105 @@ def _unavailable(x: Tensor) -> None:
     raise RuntimeError("variant unavailable")
 
 
+class PeerWorker:
+    """The JAX peer worker (``python -m benchmarks.jax_peers --worker`` in ``.venv-peers``),
+    spoken to in JSON lines over a pipe (see :mod:`benchmarks.jax_peers`)."""
+
+    def __init__(self, python: Path, threads: int) -> None:
+        env = dict(os.environ)
+        root = Path(__file__).resolve().parent.parent
+        env["PYTHONPATH"] = str(root)
+        env["JAX_PLATFORMS"] = "cpu"
+        if threads == 1:
+            env["XLA_FLAGS"] = jax_peers.ONE_THREAD_XLA_FLAGS
+        self.proc = subprocess.Popen(
+            [str(python), "-m", "benchmarks.jax_peers", "--worker", "--threads", str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env=env,
+        )
+        self.info = self.ask({"op": "info"})
+
+    def ask(self, request: dict) -> dict:
+        """Send one request, return its reply; a reply with ``ok: false`` raises."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"jax peer worker exited with code {self.proc.returncode}")
+        self.proc.stdin.write(jax_peers.encode(request))
+        self.proc.stdin.flush()
+        reply = jax_peers.decode(self.proc.stdout.readline())
+        if not reply.get("ok"):
+            raise RuntimeError(f"jax peer: {reply.get('error', reply)}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.ask({"op": "quit"})
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_peer_worker(mode: str, threads: int) -> tuple[PeerWorker | None, str]:
+    """The worker, or None and why not (``mode``: ``auto`` runs it when installed)."""
+    python = PEERS_VENV / "bin" / "python"
+    if mode == "off":
+        return None, "off (--peers off)"
+    if not python.exists():
+        return None, f"not installed (`make peers` creates {PEERS_VENV.name})"
+    try:
+        worker = PeerWorker(python, threads)
+    except Exception as exc:
+        return None, f"failed to start: {type(exc).__name__}: {exc}"
+    info = worker.info
+    return worker, f"jax {info['jax']}, numpyro {info['numpyro']}, XLA_FLAGS={info['xla_flags']!r}"
+
+
+def _peer_variants(
+    worker: PeerWorker | None, why: str, spec: ModelSpec, estimator: str, warmup: int
+) -> list[Variant]:
+    """The peer rows for one estimator: timed in the worker, one request per round."""
+    out = []
+    for name, est in jax_peers.VARIANTS.items():
+        if est != estimator:
+            continue
+        impl = PEER_IMPLS[name]
+        if worker is None or spec.kind != "sbn" or spec.n_layers != 1:
+            v = Variant(impl, estimator, _unavailable, _no_scope)
+            v.error = why if worker is None else "peer: one-layer linear SBN only"
+            out.append(v)
+            continue
+        v = Variant(impl, estimator, _unavailable, _no_scope, f"{name} in .venv-peers")
+        built: dict[str, str] = {}
+
+        def timed(x: Tensor, n: int, name=name, built=built, v=v) -> list[float]:
+            if "id" not in built:
+                reply = worker.ask(
+                    {
+                        "op": "build",
+                        "variant": name,
+                        "batch": x.shape[0],
+                        "n_visible": spec.n_visible,
+                        "n_latent": spec.n_latent,
+                        "x": jax_peers.pack_bits(x.to(torch.uint8).flatten().tolist()),
+                        "xbar": _xbar(spec.n_visible).tolist(),
+                        "warmup": warmup,
+                    }
+                )
+                built["id"] = reply["id"]
+                v.first_use_s = reply["build_and_first_step_ms"] / 1e3
+            reply = worker.ask({"op": "time", "id": built["id"], "steps": n})
+            return [t / 1e3 for t in reply["times_ms"]]
+
+        v.timed = timed
+        out.append(v)
+    return out
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -311,10 +435,17 @@ def time_variants(
     est: dict[int, float] = {}
     for v in live:
         try:
+            if v.timed is not None:  # a peer: builds (and jits) on its first request
+                warm = v.timed(x, max(warmup, 1))
+                est[id(v)] = statistics.median(warm)
+                continue
             with v.scope():
+                t_first = time.perf_counter()
                 for _ in range(v.prepare_steps):
                     v.step(x)
                 _sync(device)
+                if v.prepare_steps:
+                    v.first_use_s = time.perf_counter() - t_first
                 t0 = time.perf_counter()
                 for _ in range(max(warmup, 1)):
                     v.step(x)
@@ -329,6 +460,14 @@ def time_variants(
             # Cap the time spent on slow configurations; every variant still gets at least
             # one timed step per round.
             n = max(1, min(steps, math.ceil(budget_s / rounds / max(est[id(v)], 1e-6))))
+            if v.error:
+                continue
+            if v.timed is not None:
+                try:
+                    v.times += v.timed(x, n)
+                except Exception as exc:
+                    v.error = f"{type(exc).__name__}: {exc}"
+                continue
             with v.scope():
                 for _ in range(n):
                     _sync(device)
@@ -390,6 +529,8 @@ class Row:
     peak_vs_reinforce: float | None = None
     persistent_mb: float | None = None
     total_vs_reinforce: float | None = None
+    # seconds from nothing to a warm step (trace, compile, jit); None when not measured
+    first_use_s: float | None = None
     status: str = "ok"
     note: str = ""
 
@@ -412,10 +553,11 @@ def measure(
     device: torch.device,
     rng: random.Random,
     with_memory: bool = False,
+    peers: tuple[PeerWorker | None, str] | None = None,
 ) -> list[Row]:
     variants: list[Variant] = []
     for est in estimators:
-        variants += build_variants(spec, est, device, impls)
+        variants += build_variants(spec, est, device, impls, peers=peers, warmup=args.warmup)
     x = make_batch(spec, batch, device)
     time_variants(variants, x, device, args.warmup, args.rounds, args.steps, args.budget, rng)
     rows = []
@@ -437,6 +579,7 @@ def measure(
             layers=spec.n_layers if spec.kind == "sbn" else 1,
             categories=spec.n_classes if spec.kind == "categorical" else 2,
             note=v.note,
+            first_use_s=v.first_use_s,
         )
         if v.error:
             row.status = v.error.splitlines()[0][:300]
@@ -447,7 +590,7 @@ def measure(
             if v.estimator in hand:
                 row.ratio_vs_handwritten = statistics.median(v.times) / hand[v.estimator]
                 row.min_ratio_vs_handwritten = min(v.times) / hand_min[v.estimator]
-            if with_memory:
+            if with_memory and v.timed is None:
                 try:
                     peak, persistent = peak_step_memory(v, x, device)
                     row.peak_mb, row.persistent_mb = peak / 2**20, persistent / 2**20
@@ -576,6 +719,41 @@ def compiled_table(rows: list[Row], device: str) -> str:
         "hand-written CUDA graph ms",
         "compiled / hand graph",
     ]
+    return _md_table(header, body)
+
+
+def side_by_side_table(rows: list[Row]) -> str:
+    """Issue 21's table: one row per implementation, ``median ms (÷ hand-written eager)``
+    per estimator and batch, and the first-use cost (trace, compile, jit) in seconds."""
+    keyed = {(r.impl, r.estimator, r.batch): r for r in rows}
+    batches = sorted({r.batch for r in rows})
+    ests = sorted({r.estimator for r in rows}, key=hw.ESTIMATORS.index)
+    columns = [(b, e) for b in batches for e in ests]
+    body = []
+    for impl, label in SIDE_BY_SIDE:
+        cells, firsts = [], []
+        present = False
+        for batch, est in columns:
+            r = keyed.get((impl, est, batch))
+            if r is None:
+                cells.append("-")
+                continue
+            present = True
+            if r.median_ms is None:
+                cells.append("n/a" if r.status == "ok" else r.status[:60])
+                continue
+            ratio = r.ratio_vs_handwritten
+            cells.append(f"{r.median_ms:.2f}" + ("" if ratio is None else f" ({ratio:.2f})"))
+            if r.first_use_s is not None:
+                firsts.append(r.first_use_s)
+        if not present:
+            continue
+        spread = {f"{s:.1f}" for s in (min(firsts), max(firsts))} if firsts else set()
+        first = "-".join(sorted(spread, key=float))
+        body.append([label, *cells, first])
+    header = ["step (median ms, ÷ hand-written)"]
+    header += [f"{e.upper() if e != 'nvil' else 'NVIL'} b{b}" for b, e in columns]
+    header.append("first use s")
     return _md_table(header, body)
 
 
@@ -737,9 +915,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="with --compile: also the traced program compiled by torch.compile (minutes)",
     )
+    p.add_argument(
+        "--peers",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="NumPyro / JAX jitted steps from .venv-peers (make peers); auto: when installed "
+        "(not with --quick)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.rounds, args.steps, args.budget = 1, 1, 2, 0.5
+        if args.peers == "auto":  # a smoke test: jitting the peers would take longer
+            args.peers = "off"
     return args
 
 
@@ -801,6 +988,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## {title}\n\n{text}\n", flush=True)
         sections.extend([f"## {title}", "", text, ""])
 
+    peer_worker, peer_status = start_peer_worker(args.peers, args.threads)
+    if args.peers == "on" and peer_worker is None:
+        print(f"--peers on, but the JAX peer is {peer_status}", file=sys.stderr)
+        return 2
+    header.append(f"JAX peers: {peer_status}")
+    print(header[-1])
+    peers = (peer_worker, peer_status) if device.type == "cpu" else None
+
     headline_rows: list[Row] = []
     for batch in batches:
         rows = measure(
@@ -813,8 +1008,11 @@ def main(argv: list[str] | None = None) -> int:
             device,
             rng,
             with_memory=not args.no_memory,
+            peers=peers,
         )
         headline_rows += rows
+    if peer_worker is not None:
+        peer_worker.close()
     all_rows += headline_rows
     emit(
         f"Step time on the {base.label()} ({device.type})",
@@ -831,6 +1029,15 @@ def main(argv: list[str] | None = None) -> int:
             "make_fx trace on the CPU), timed after its program is built; every ratio divides "
             "by the hand-written *eager* step of the same estimator in this run. The "
             "hand-written CUDA graph (capturable Adam) is the floor.",
+        )
+    if peers is not None:
+        emit(
+            f"Side by side on the {base.label()} (cpu, {torch.get_num_threads()} thread(s))",
+            side_by_side_table(headline_rows)
+            + f"\n\nJAX peers: {peer_status}. Every row is timed in this one run, rounds "
+            "interleaved (the peers in their own process, one request per round); ratios "
+            "divide by the hand-written eager PyTorch step. First use: seconds from nothing to "
+            "a warm step (CompiledSVI: eager step, trace, compile; peers: build and jit).",
         )
     if not args.no_memory:
         emit(

@@ -98,6 +98,9 @@ class TensorOptimizer:
         #: steps that give them no gradient
         #: (by id, with a weak reference: tensors compare by value, not identity)
         self.had_gradient: dict[int, weakref.ref] = {}
+        #: Adam and AdamW as torch's fused kernel (off while a step is recorded for
+        #: inductor, which has no fake kernel for it and fuses the elementwise rule itself)
+        self.fuse = True
 
     # -- state -----------------------------------------------------------------------
 
@@ -246,14 +249,30 @@ class TensorOptimizer:
 
     # -- the update (tensor operations, traced) -----------------------------------------
 
-    def update(self, params: list[Tensor], grads: list[Tensor | None]) -> None:
-        """Apply one step to every parameter that has a gradient."""
+    def update(
+        self, params: list[Tensor], grads: list[Tensor | None], finite: Tensor | None = None
+    ) -> set[int]:
+        """Apply one step to every parameter that has a gradient.
+
+        Adam and AdamW run as torch's fused multi-tensor kernel (one operation per param
+        group instead of about twenty per parameter). With ``finite`` (a 0-dim bool: the
+        step's loss and gradients are finite), that kernel leaves parameters and state
+        untouched where it is false (its ``found_inf``, as for ``GradScaler``) and the step
+        counters advance by ``finite``: no copies are needed to undo a refused step.
+        Returns the ids of the tensors so gated (the caller gates the others).
+        """
+        fused: dict[tuple, list[tuple[Tensor, Tensor, _Slot]]] = {}
         for param, grad in zip(params, grads, strict=True):
             if grad is None:
                 continue  # as torch: a parameter the loss did not reach is not stepped
             slot = self.slot(param)
             lr = self._refresh_learning_rates()
             grad = _clip(grad, slot.clip)
+            fusable = self.fuse and slot.rule in ("adam", "adamw")
+            if fusable and _fusable(param, grad, slot.state):
+                key = (slot.lr_index, slot.rule, param.device, param.dtype)
+                fused.setdefault(key, []).append((param, grad, slot))
+                continue
             rate = lr[slot.lr_index]
             if slot.rule in ("adam", "adamw"):
                 _adam(param, grad, slot.state, slot.group, rate, slot.rule == "adamw")
@@ -261,6 +280,13 @@ class TensorOptimizer:
                 _clipped_adam(param, grad, slot.state, slot.group, rate)
             else:
                 _sgd(param, grad, slot.state, slot.group, rate)
+        gated: set[int] = set()
+        lr = self._refresh_learning_rates()
+        for (index, rule, _, _), items in fused.items():
+            tensors = _fused_adam(items, lr[index], rule == "adamw", finite)
+            if finite is not None:
+                gated.update(map(id, tensors))
+        return gated
 
     def eager_update(self, params: list[Tensor], grads: list[Tensor | None]) -> None:
         """Step the Pyro optimizer itself (for optimizers without a tensor rule)."""
@@ -282,6 +308,64 @@ def _clip(grad: Tensor, clip: dict) -> Tensor:
     if clip.get("clip_value") is not None:
         grad = grad.clamp(-clip["clip_value"], clip["clip_value"])
     return grad
+
+
+def _fusable(param: Tensor, grad: Tensor, state: dict) -> bool:
+    # torch's fused kernels walk raw storage: every tensor dense, alike in layout and dtype
+    tensors = [param, grad, state["exp_avg"], state["exp_avg_sq"]]
+    tensors += [state["max_exp_avg_sq"]] if "max_exp_avg_sq" in state else []
+    step = state["step"]
+    return (
+        param.dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+        and all(t.is_contiguous() and t.dtype == param.dtype for t in tensors)
+        and all(t.device == param.device for t in [*tensors, step])
+        # the CUDA kernels read float32 step counters (float64 under a float64 default)
+        and (param.device.type == "cpu" or step.dtype == torch.float32)
+    )
+
+
+def _fused_adam(items: list, lr: Tensor, decoupled: bool, finite: Tensor | None) -> list[Tensor]:
+    """One param group's Adam (AdamW) update by torch's fused kernel; returns the tensors
+    it writes. Where ``finite`` is false the kernel returns without writing (``found_inf``)
+    and the step counters stay (they advance by ``finite``)."""
+    params = [param for param, _, _ in items]
+    grads = [grad for _, grad, _ in items]
+    states = [slot.state for _, _, slot in items]
+    group = items[0][2].group
+    beta1, beta2 = (float(b) for b in group["betas"])
+    amsgrad = bool(group.get("amsgrad"))
+    steps = [state["step"] for state in states]
+    exp_avgs = [state["exp_avg"] for state in states]
+    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+    max_exp_avg_sqs = [state["max_exp_avg_sq"] for state in states] if amsgrad else []
+    if finite is None:
+        torch._foreach_add_(steps, 1)
+        found_inf = None
+    else:
+        increment = finite.to(steps[0].dtype)
+        torch._foreach_add_(steps, [increment] * len(steps))  # (a 0-dim tensor is read)
+        found_inf = (~finite).to(torch.float32)
+    if lr.device.type != "cpu":
+        lr = lr.to(torch.float32)  # the CUDA kernels read a float32 learning rate
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=float(group["weight_decay"]),
+        eps=float(group["eps"]),
+        amsgrad=amsgrad,
+        maximize=bool(group.get("maximize")),
+        grad_scale=None,
+        found_inf=found_inf,
+    )
+    return [*params, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs, *steps]
 
 
 def _adam(param, grad, state, group, lr, decoupled: bool) -> None:
