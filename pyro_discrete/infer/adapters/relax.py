@@ -163,13 +163,7 @@ class RELAX(SiteEstimator):
             z_tilde = site.conditional_z(self.options["reuse_noise"])
             c_z, c_zt, params = self._black_box_surrogates(site, z_tilde)
             return self._terms(ev, site, c_z, c_zt, params)
-        passes = _relaxed_passes(ev)[site.name]
-        c_z, c_zt = passes.eta * passes.f_z, passes.eta * passes.f_zt
-        extra_z, network = self.learned_surrogate(site, site.z, c_z)
-        extra_zt, _ = self.learned_surrogate(site, passes.z_tilde, c_zt)
-        return self._terms(
-            ev, site, c_z + extra_z, c_zt + extra_zt, passes.params + network, network
-        )
+        return _joint_terms(ev)[site.name]
 
     def _terms(self, ev, site, c_z, c_zt, trained: list, network: list | None = None) -> Terms:
         r"""The surrogate and control-variate objective of one site given
@@ -297,6 +291,55 @@ def _relaxed_passes(ev) -> dict[str, _Prepared]:
     ):
         _try_stacking(ev, stacked)
     ev.shared_results["relax"] = done
+    return done
+
+
+def _joint_terms(ev) -> dict[str, Terms]:
+    r"""The terms of every REBAR / RELAX site of the step (``black_box`` ones aside), found
+    together: one backward pass gives every site's :math:`\partial_\ell [c_\phi(z) -
+    c_\phi(\tilde z)]` (:func:`~pyro_discrete.estimators.relax_logit_gradients`), and one
+    double backward fits every control variate on the summed single-sample
+    :math:`\sum_i \hat g_i^2`, the variance of the whole estimate (as in the RELAX paper):
+    a later site's temperature, which also shapes the relaxed passes of earlier sites, is
+    fitted to the variance of their estimates too. The first site with trained control
+    variates carries the joint objective."""
+    done = ev.shared_results.get("relax_terms")
+    if done is not None:
+        return done
+    found = []
+    for prepared in _relaxed_passes(ev).values():
+        site, estimator = prepared.site, prepared.site.estimator
+        c_z, c_zt = prepared.eta * prepared.f_z, prepared.eta * prepared.f_zt
+        extra_z, network = estimator.learned_surrogate(site, site.z, c_z)
+        extra_zt, _ = estimator.learned_surrogate(site, prepared.z_tilde, c_zt)
+        trained = prepared.params + network
+        learn = bool(estimator.options["learn_control_variates"]) and bool(trained)
+        found.append((site, c_z + extra_z, c_zt + extra_zt, trained, network, learn))
+    grads = E.relax_logit_gradients(
+        [f[0].logits for f in found],
+        [E.logit_score(f[0].logits, f[0].hard, f[0].one_hot) for f in found],
+        [f[0].to_event_shape(ev.signal(f[0])) for f in found],
+        [f[1] for f in found],
+        [f[0].to_event_shape(f[2]) for f in found],
+        create_graph=any(f[5] for f in found),
+    )
+    done, objective, trained_all, first = {}, None, {}, None
+    for (site, _, _, trained, network, learn), grad in zip(found, grads, strict=True):
+        done[site.name] = Terms(surrogate=(grad.detach() * site.logits).sum())
+        if not learn:
+            continue
+        first = first or site.name
+        part = E.gradient_variance_loss(grad)
+        decay = site.estimator.options.get("weight_decay", 0.0)
+        if decay:
+            part = part + 0.5 * decay * sum(p.pow(2).sum() for p in network)
+        objective = part if objective is None else objective + part
+        trained_all.update((id(p), p) for p in trained)  # a shared network counts once
+    if first is not None:
+        done[first].control_variate_loss = variance_gradient_loss(
+            objective, list(trained_all.values())
+        )
+    ev.shared_results["relax_terms"] = done
     return done
 
 
