@@ -107,12 +107,17 @@ def measure(problem: Callable, estimator: str, stacked: bool, steps: int) -> dic
     return {"eager": eager, "trace": recording, "replay": replay, "stacked": stacking}
 
 
-def relaxed_pass_table(rounds: int, steps: int) -> list[str]:
-    problems = {"sbn_linear2 b24": sbn_problem, "hmm T=20 b16": hmm_problem}
+PROBLEMS = {"sbn": ("sbn_linear2 b24", sbn_problem), "hmm": ("hmm T=20 b16", hmm_problem)}
+
+
+def relaxed_pass_table(
+    rounds: int, steps: int, models=("sbn", "hmm"), estimators=("rebar", "relax")
+) -> list[str]:
+    problems = dict(PROBLEMS[m] for m in models)
     results: dict = {}
     for _ in range(rounds):
         for name, problem in problems.items():
-            for estimator in ("rebar", "relax"):
+            for estimator in estimators:
                 for stacked in (True, False):
                     out = measure(problem, estimator, stacked, steps)
                     results.setdefault((name, estimator, stacked), []).append(out)
@@ -175,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--trace-models", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=["sbn", "hmm"], choices=sorted(PROBLEMS))
+    p.add_argument("--estimators", nargs="+", default=["rebar", "relax"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s); medians, (ratio to looped)")
-    for line in relaxed_pass_table(args.rounds, args.steps):
+    for line in relaxed_pass_table(args.rounds, args.steps, args.models, args.estimators):
         print(line, flush=True)
     if args.trace_models:
         for line in trace_table():

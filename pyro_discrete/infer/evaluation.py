@@ -617,17 +617,28 @@ class Evaluation:
             ).get_trace(*self.args, **self.kwargs)
         costs = cost_terms(model_trace, guide_trace, relaxed=True)
         plate = (RELAXED_PLATE, dim)
+        # each cost is reduced once per plate layout, and each site's dependent costs are
+        # added in one stacked sum: a chain of L sites has O(L^2) (site, cost) pairs
+        reduced: dict[tuple, Tensor] = {}
         by_site: dict[str, Tensor] = {}
         signals: list[Tensor] = [None] * n  # type: ignore[list-item]
         for k, (site, _, _) in zip(order, ordered, strict=True):
             total = by_site.get(site.name)
             if total is None:
-                for cost in costs:
-                    if site.name in self.deps.get(cost.key, ()):
-                        part = reduce_to_frames(
-                            cost.value, cost.frames, site.frames + (plate,), rank
+                keep = site.frames + (plate,)
+                by_shape: dict[tuple, list[Tensor]] = {}
+                for i, cost in enumerate(costs):
+                    if site.name not in self.deps.get(cost.key, ()):
+                        continue
+                    part = reduced.get((keep, i))
+                    if part is None:
+                        part = reduced[keep, i] = reduce_to_frames(
+                            cost.value, cost.frames, keep, rank
                         )
-                        total = part if total is None else total + part
+                    by_shape.setdefault(tuple(part.shape), []).append(part)
+                for parts in by_shape.values():
+                    part = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+                    total = part if total is None else total + part
                 if total is None:
                     total = site.value.new_zeros((1,) * rank)
                 by_site[site.name] = total

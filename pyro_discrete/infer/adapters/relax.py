@@ -26,15 +26,18 @@ class RELAX(SiteEstimator):
               + \partial_\theta c_\phi(z) - \partial_\theta c_\phi(\tilde z),
               \qquad c_\phi(z) = \eta\, f(\sigma_\lambda(z)) + r_\rho(z).
 
-    Per site, three evaluations: the hard base pass, a relaxed pass
-    (:math:`\sigma_\lambda(z)`) and a conditionally relaxed pass
-    (:math:`\sigma_\lambda(\tilde z)`, :math:`\tilde z \sim p(z \mid b)` re-using the
-    noise of :math:`z`). Sites earlier in the guide keep their hard values, later
-    Bernoulli / one-hot sites are relaxed with their own noise (the official multi-layer
-    scheme). :math:`\eta` (``eta``, 1.0) and :math:`\lambda` (``temperature``, 0.5) are
-    per-site parameters ``pyro_discrete/<estimator>/<site>/eta`` and ``.../log_temperature``
-    trained by the SVI optimizer on the variance objective :math:`\hat g^2`, unless
-    ``learn_control_variates=False``.
+    Per site, besides the hard base pass, a relaxed pass (:math:`\sigma_\lambda(z)`) and a
+    conditionally relaxed pass (:math:`\sigma_\lambda(\tilde z)`, :math:`\tilde z \sim p(z
+    \mid b)` re-using the noise of :math:`z`). Sites earlier in the guide keep their hard
+    values, later Bernoulli / one-hot sites are relaxed with their own noise (the official
+    multi-layer scheme). The 2L passes of L sites are stacked along a new leftmost batch
+    dim and evaluated as one vectorised pass (as ``vectorize_particles`` does for
+    particles) once a trace structure has been seen to give the same signals both ways;
+    ``vectorize_passes=False`` keeps them in a loop (see ``_relaxed_passes``).
+    :math:`\eta` (``eta``, 1.0) and :math:`\lambda` (``temperature``, 0.5) are per-site
+    parameters ``pyro_discrete/<estimator>/<site>/eta`` and ``.../log_temperature`` trained
+    by the SVI optimizer on the variance objective :math:`\sum_i \hat g_i^2` summed over the
+    step's REBAR / RELAX sites, unless ``learn_control_variates=False``.
 
     The default :math:`r_\rho` is a ReLU MLP (``hidden``, (200, 200)) built per site on the
     features ``[z, logits]`` of each plate element (the logits carry the guide's input and
