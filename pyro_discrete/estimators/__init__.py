@@ -35,7 +35,11 @@ from pyro_discrete.estimators.reinmax_cv import (
     reinmax_cv_logit_gradient,
 )
 from pyro_discrete.estimators.reinmax_rao import heun_midpoints, reinmax_rao_logit_gradient
-from pyro_discrete.estimators.relax import gradient_variance_loss, relax_logit_gradient
+from pyro_discrete.estimators.relax import (
+    gradient_variance_loss,
+    relax_logit_gradient,
+    relax_logit_gradients,
+)
 from pyro_discrete.estimators.rloo import leave_one_out_signal
 from pyro_discrete.estimators.rodeo import gibbs_stein, gibbs_stein_score, rodeo_logit_gradient
 from pyro_discrete.estimators.unordered_set import (
@@ -82,6 +86,7 @@ __all__ = [
     "reinmax_logit_gradient",
     "reinmax_rao_logit_gradient",
     "relax_logit_gradient",
+    "relax_logit_gradients",
     "rodeo_logit_gradient",
     "score_function_logit_gradient",
     "score_surrogate",

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -268,6 +269,8 @@ def check_traces(model_trace: Trace, guide_trace: Trace, max_plate_nesting: floa
                 )
 
 
+#: the plate that stacks relaxed passes (:meth:`Evaluation.stacked_relaxed_signals`)
+RELAXED_PLATE = "relaxed_passes_vectorized"
 #: steps with an all-zero relaxed-value gradient before a site is warned about
 ZERO_GRADIENT_PATIENCE = 10
 #: sums of more terms than this are added in one stacked reduction
@@ -290,6 +293,10 @@ class StructureInfo:
     zero_gradient_steps: dict[str, int] = field(default_factory=dict)
     #: per site, the positions in the base pass's cost list of the terms it is scored against
     signal_costs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: whether relaxed passes may be stacked into one vectorised pass (None: not yet tried;
+    #: see :meth:`Evaluation.stacked_relaxed_signals`), and why not when they may not
+    relaxed_stacking: bool | None = None
+    relaxed_stacking_reason: str = ""
 
 
 @dataclass
@@ -313,6 +320,8 @@ class Evaluation:
     _mean_field: tuple | None = field(default=None, repr=False)
     #: base-pass costs already reduced to a site's plates, by (plates, batch rank)
     _reduced: dict = field(default_factory=dict, repr=False)
+    #: results an estimator computes once for all of its sites in this evaluation
+    shared_results: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -640,6 +649,150 @@ class Evaluation:
             return later.relaxed(temperature if own is None else own, site_logits(msg["fn"]))
 
         return after
+
+    def stacking_obstacle(self, first_order: int) -> str:
+        """Why relaxed passes that start at guide position ``first_order`` cannot be stacked
+        into one vectorised pass ('' when they can): a guide site after it that would be
+        drawn afresh in each pass (a continuous site, a discrete site without base noise),
+        or a model latent that the guide does not sample. Stacked, those draws would be
+        independent per pass instead of shared between a site's two passes."""
+        for name, node in self.guide_trace.nodes.items():
+            if node["type"] != "sample" or is_subsample(node) or node["is_observed"]:
+                continue
+            order = self.orders.get(name, -1)
+            site = self.sites.get(name)
+            if order >= first_order and (site is None or site.noise is None):
+                return f"guide site '{name}' is drawn afresh in each relaxed pass"
+        for name, node in self.model_trace.nodes.items():
+            if node["type"] != "sample" or is_subsample(node) or node["is_observed"]:
+                continue
+            if name not in self.guide_trace.nodes:
+                return f"model site '{name}' is a latent the guide does not sample"
+        return ""
+
+    def stacked_relaxed_signals(
+        self, requests: list[tuple[DiscreteSite, Tensor, Tensor | float]]
+    ) -> list[Tensor]:
+        """The learning signals of several relaxed passes from one vectorised evaluation.
+
+        Each request ``(site, value, temperature)`` stands for the pass
+        ``run(prefix_choice(site, at_site=value, after=relaxed_later(temperature)))`` whose
+        relaxed costs give ``signal(site, costs)``. The passes are stacked along a new
+        leftmost batch dim (a plate of size ``len(requests)`` left of every dim the base
+        pass used, as ``vectorize_particles`` stacks particles): each guide site gets, per
+        pass, its base value, the requested value, or its base noise relaxed at its logits
+        in that pass, so the guide and the model run once. The caller checks
+        :meth:`stacking_obstacle` first and that the model broadcasts over the new dim
+        (a model that reads shapes or reduces over every dim does not).
+        """
+        n = len(requests)
+        rank = 1
+        for trace in (self.model_trace, self.guide_trace):
+            for node in trace.nodes.values():
+                if node["type"] != "sample" or is_subsample(node):
+                    continue
+                rank = max(rank, len(node["fn"].batch_shape) + 1)
+                for frame in node["cond_indep_stack"]:
+                    if frame.vectorized and frame.dim is not None:
+                        rank = max(rank, 1 - frame.dim)
+        dim = -rank
+        order = sorted(range(n), key=lambda k: requests[k][0].order)
+        ordered = [requests[k] for k in order]
+        positions = [r[0].order for r in ordered]
+
+        def leading(t: Tensor, lead: int) -> Tensor:
+            """``t`` (shaped like its site's full shape) with ``lead`` plate dims in front."""
+            return t.reshape((1,) * lead + t.shape)
+
+        def choose(msg):
+            name = msg["name"]
+            if isinstance(msg["fn"], _Subsample):
+                return self.subsamples.get(name)
+            site = self.sites.get(name)
+            if site is None or site.noise is None:  # before every relaxed site
+                return self._base_value(name)
+            lead = rank - site.batch_ndim
+            own = [k for k, r in enumerate(ordered) if r[0].name == name]
+            later = sum(1 for p in positions if p < site.order)  # passes where it is later
+            pieces = []
+            if later:
+                logits = site_logits(msg["fn"])
+                own_temperature = site.estimator.relaxation_temperature(site)
+                if own_temperature is None:
+                    temps = [r[2] for r in ordered[:later]]
+                    temperature = torch.stack(
+                        [
+                            torch.as_tensor(t, dtype=logits.dtype, device=logits.device)
+                            for t in temps
+                        ]
+                    )
+                    extra = rank - 1 + site.event_ndim - (1 if site.one_hot else 0)
+                    temperature = temperature.reshape((later,) + (1,) * extra)
+                    if later < n:
+                        temperature = torch.cat(
+                            [temperature, temperature[-1:].expand((n - later,) + (1,) * extra)]
+                        )
+                else:
+                    temperature = own_temperature
+                relaxation = site.relaxation(logits)
+                noise = site.noise.expand(torch.broadcast_shapes(site.noise.shape, logits.shape))
+                relaxed = relaxation.relax(relaxation.reparameterize(noise), temperature)
+                pieces.append(relaxed.narrow(dim - site.event_ndim, 0, later))
+            pieces += [leading(ordered[k][1], lead) for k in own]
+            rest = n - later - len(own)
+            if rest:
+                base = leading(self._base_value(name), lead)
+                pieces.append(base.expand((rest,) + base.shape[1:]))
+            if len(pieces) == 1:
+                return pieces[0]
+            shape = torch.broadcast_shapes(*(p.shape[1:] for p in pieces))
+            return torch.cat([p.expand(p.shape[:1] + shape) for p in pieces])
+
+        def stacked(fn):
+            def in_plate(*args, **kwargs):
+                with pyro.plate(RELAXED_PLATE, n, dim=dim):
+                    return fn(*args, **kwargs)
+
+            return in_plate
+
+        with poutine.block(hide_types=["sample"]), _GuidePolicy(choose):
+            guide_trace = poutine.trace(stacked(self.guide)).get_trace(*self.args, **self.kwargs)
+        with poutine.block(hide_types=["sample"]):
+            model_trace = poutine.trace(
+                poutine.replay(stacked(self.model), trace=guide_trace)
+            ).get_trace(*self.args, **self.kwargs)
+        costs = cost_terms(model_trace, guide_trace, relaxed=True)
+        plate = (RELAXED_PLATE, dim)
+        # each cost is reduced once per plate layout, and each site's dependent costs are
+        # added in one stacked sum: a chain of L sites has O(L^2) (site, cost) pairs
+        reduced: dict[tuple, Tensor] = {}
+        by_site: dict[str, Tensor] = {}
+        signals: list[Tensor] = [None] * n  # type: ignore[list-item]
+        for k, (site, _, _) in zip(order, ordered, strict=True):
+            total = by_site.get(site.name)
+            if total is None:
+                keep = site.frames + (plate,)
+                by_shape: dict[tuple, list[Tensor]] = {}
+                for i, cost in enumerate(costs):
+                    if site.name not in self.deps.get(cost.key, ()):
+                        continue
+                    part = reduced.get((keep, i))
+                    if part is None:
+                        part = reduced[keep, i] = reduce_to_frames(
+                            cost.value, cost.frames, keep, rank
+                        )
+                    by_shape.setdefault(tuple(part.shape), []).append(part)
+                for parts in by_shape.values():
+                    part = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+                    total = part if total is None else total + part
+                if total is None:
+                    total = site.value.new_zeros((1,) * rank)
+                by_site[site.name] = total
+            slot = sum(1 for j in order[: order.index(k)] if requests[j][0].name == site.name)
+            first = sum(1 for p in positions if p < site.order)
+            one = total.select(dim, first + slot if total.shape[dim] > 1 else 0)
+            signals[k] = one.reshape(one.shape[one.dim() - site.batch_ndim :])
+        return signals
 
     def mean_field(self) -> tuple[list[Cost], dict[str, Tensor]]:
         """The mean-field pass (every Bernoulli / one-hot value replaced by its mean, layer

@@ -94,8 +94,9 @@ def _counted(problem: Problem) -> tuple[Problem, list]:
 
 def test_black_box_relax_evaluates_the_model_once_per_step():
     """No relaxed passes: the base pass is the model's only run in a step (the default
-    relax adds a relaxed and a conditionally relaxed pass per site: 1 + 2 x 2)."""
-    for options, runs in (({"black_box": True}, 1), ({}, 5)):
+    relax adds a relaxed and a conditionally relaxed pass per site, 2 x 2 stacked into one
+    vectorised pass from the second step on, or looped: 1 + 2 x 2)."""
+    for options, runs in (({"black_box": True}, 1), ({}, 2), ({"vectorize_passes": False}, 5)):
         problem, calls = _counted(PROBLEMS["sbn_two_layer"]())
         problem.reset()
         elbo = DiscreteELBO("relax", hidden=(8,), max_plate_nesting=1, **options)

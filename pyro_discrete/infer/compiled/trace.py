@@ -91,10 +91,14 @@ def _sequential_plate_iter(self) -> Iterator[int]:
         raise CompileError(
             f"CompiledSVI cannot trace the sequential plate '{self.name}' (size {size}, "
             f"subsample_size {subsample_size}) iterated at {user_line()}: its indices are a "
-            "random subsample drawn each step, and the Python values `for i in plate` "
-            "yields (and site names made from them) would be frozen at their first draw. "
-            "Fix: a vectorised plate (`with pyro.plate(...) as idx:`), a full-size "
-            "sequential plate, or train this model with pyro.infer.SVI."
+            "random subsample drawn each step, and Pyro's `for i in plate` yields each as a "
+            "Python int (index.item()), so the site names and lookups made from it "
+            "(f'x_{i}', data[i]) are decided in Python by the draw. A program records one "
+            "draw and would replay it every step, and a program per drawn subsample would "
+            "be recorded anew at almost every step. Fix: a vectorised plate (`with "
+            "pyro.plate(name, size, subsample_size) as idx:` and data[idx]), a full-size "
+            "sequential plate, CompiledSVI(..., fallback='eager') to run this structure "
+            "eagerly, or pyro.infer.SVI."
         )
     self._vectorized = False
     self.dim = None
