@@ -55,17 +55,27 @@ class ModelFlow:
     def __init__(self, model):
         self.model = model
         self.modules: list[str] = []
+        #: modules reached after ``Evaluation.build`` returned: the extra passes an
+        #: estimator asks of the evaluation (relaxed passes, direct provenance)
+        self.after_build: list[str] = []
+        self._built = False
         self._seen: dict[int, object] = {}  # frames kept alive so that ids stay unique
 
     def _profile(self, frame, event, arg):
         if event not in ("call", "c_call", "return"):
             return
         module = frame.f_globals.get("__name__", "")
+        if (
+            event == "return"
+            and frame.f_code.co_name == "build"
+            and module == f"{PACKAGE}.infer.evaluation"
+        ):
+            self._built = True
         if not module.startswith(PACKAGE) or id(frame) in self._seen:
             return
         if any(_holds(v, self.model) for v in frame.f_locals.values()):
             self._seen[id(frame)] = frame
-            self.modules.append(module)
+            (self.after_build if self._built else self.modules).append(module)
 
     def __enter__(self):
         sys.setprofile(self._profile)
@@ -134,6 +144,11 @@ def test_model_flows_one_way(name):
         f"model returns to {_short(flow.returns)} in {_short(flow.places)}: the driver should "
         "ask Evaluation.build once and the build go down without coming back"
     )
+    # after the build, the model is run again only by the evaluation's own extra passes
+    # (an estimator asks ``ev.run``, the stacked relaxed passes, ``ev.direct_deps``): never
+    # by the driver or an adapter
+    evaluation, dependencies = f"{PACKAGE}.infer.evaluation", f"{PACKAGE}.infer.dependencies"
+    assert set(flow.after_build) <= {evaluation, dependencies}, _short(flow.after_build)
 
 
 @pytest.mark.parametrize("name", ["rloo", "reinforce"])
