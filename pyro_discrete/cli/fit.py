@@ -162,7 +162,14 @@ def _train_until(options: FitOptions, run: Run, state: RunState) -> int:
 
 def _train(options: FitOptions, run: Run, task: Task, device: torch.device) -> int:
     """Train to the run's steps from its checkpoint (or from scratch), then summarise."""
-    step_choice = choose_step(options.compile, options.compile_backend, device)
+    config = run.config
+    step_choice = choose_step(
+        options.compile,
+        options.compile_backend,
+        device,
+        steps=config["steps"] - run.start_step,
+        estimators=[config["estimator"]],
+    )
     state = _start(run, task, device, step_choice)
     run.commit()  # every check passed and the checkpoint is restored: now the files change
     print(
@@ -199,7 +206,8 @@ def cmd_fit(options: FitOptions) -> int:
         return cmd_fit_parallel(options)
     device = make_device(options.device)
     # refused before any file is written
-    choose_step(options.compile, options.compile_backend, device)
+    estimators = [] if options.estimator is None else [options.estimator]
+    choose_step(options.compile, options.compile_backend, device, estimators=estimators)
     if options.resume:
         return _resume(options, device)
     config = options.new_run_config(str(device))

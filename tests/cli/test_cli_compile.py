@@ -9,7 +9,7 @@ import torch
 from cli_support import FIT, run_main
 
 from pyro_discrete.cli import training
-from pyro_discrete.cli.compiling import EAGER, choose_step
+from pyro_discrete.cli.compiling import CPU_AUTO_MIN_STEPS, EAGER, choose_step
 from pyro_discrete.cli.errors import CLIError
 from pyro_discrete.infer import CompiledSVI
 
@@ -27,10 +27,34 @@ def isolate(data_cache):
 # -- the choice ----------------------------------------------------------------------------
 
 
-def test_auto_is_eager_on_cpu_and_says_why():
-    choice = choose_step("auto", "auto", torch.device("cpu"))
-    assert not choice.compiled
-    assert "not faster here" in choice.description and "docs/compiled.md" in choice.description
+def test_auto_on_cpu_compiles_long_runs_and_says_why_not_for_short_ones():
+    cpu = torch.device("cpu")
+    short = choose_step("auto", "auto", cpu, steps=CPU_AUTO_MIN_STEPS - 1)
+    assert not short.compiled
+    assert f"{CPU_AUTO_MIN_STEPS - 1} steps to train" in short.description
+    assert "--compile on" in short.description
+    assert not choose_step("auto", "auto", cpu).compiled  # steps not known in advance
+    long = choose_step("auto", "auto", cpu, steps=CPU_AUTO_MIN_STEPS, estimators=["nvil"])
+    assert long.backend == "trace" and long.description == "compiled: trace backend"
+
+
+def test_an_estimator_that_cannot_be_compiled_is_eager_under_auto_and_refused_with_on():
+    cpu = torch.device("cpu")
+    auto = choose_step("auto", "auto", cpu, steps=10_000, estimators=["rloo", "unordered_set"])
+    assert not auto.compiled and "unordered_set" in auto.description
+    with pytest.raises(CLIError, match="--compile on: the step of estimator unordered_set"):
+        choose_step("on", "auto", cpu, estimators=["unordered_set"])
+    assert choose_step("on", "auto", cpu, estimators=["rloo"]).backend == "trace"
+
+
+def test_fit_compile_on_with_unordered_set_is_one_line_before_any_file(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run_main(
+        capsys, *FIT, "--estimator", "unordered_set", "--compile", "on", "--out", str(out)
+    )
+    assert code == 2 and "Traceback" not in err
+    assert "cannot be recorded as a tensor program; use --compile off" in err
+    assert not out.exists()
 
 
 def test_auto_compiles_on_cuda_and_on_uses_trace_on_cpu():

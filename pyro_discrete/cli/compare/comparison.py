@@ -59,7 +59,9 @@ class Comparison:
         self, s: CompareSettings, task: Task, device: torch.device, clock: BudgetClock
     ) -> None:
         self.s, self.task, self.device, self.clock = s, task, device, clock
-        self.step_choice: StepChoice = choose_step(s.compile, s.compile_backend, device)
+        self.step_choice: StepChoice = choose_step(
+            s.compile, s.compile_backend, device, s.planned_steps, s.estimators
+        )
         self.outcome = Outcome(s, step_kind=self.step_choice.description)
         self.eval_args = evaluation_data(task, s.eval_examples, s.seed, device)
         self.inits, self.variance_batches = [], []

@@ -81,7 +81,8 @@ def compare_into(
 
     An interrupted or failed comparison leaves no directory that looks like a finished report.
     """
-    choose_step(settings.compile, settings.compile_backend, make_device(settings.device))
+    device = make_device(settings.device)
+    choose_step(settings.compile, settings.compile_backend, device, None, settings.estimators)
     with Run.publish(out, overwrite, "pyro-discrete compare") as built:
         run_compare(settings, built, progress, started, as_process)
     return out / "report.md"

@@ -59,6 +59,11 @@ class CompareSettings:
     compile: str = "auto"
     compile_backend: str = "auto"
 
+    @property
+    def planned_steps(self) -> int | None:
+        """The steps each run trains, where known before training (``--equal steps``)."""
+        return self.steps if self.equal == "steps" else None
+
     def run_seed(self, index: int) -> int:
         """The seed of the ``index``-th initialisation and data order."""
         return self.seed + index

@@ -96,6 +96,9 @@ class SiteEstimator:
     pathwise: ClassVar[bool] = False
     #: needs several particles evaluated as one vectorised batch
     multi_sample: ClassVar[bool] = False
+    #: why a step of this estimator cannot be recorded as a tensor program
+    #: (:class:`~pyro_discrete.infer.CompiledSVI`), or ``None`` where it can
+    not_compilable: ClassVar[str | None] = None
     #: the objective is a bound of the whole model: :meth:`model_terms` replaces the
     #: per-site sum, and every discrete site must use this estimator
     model_level: ClassVar[bool] = False

@@ -122,6 +122,10 @@ class UnorderedSet(SiteEstimator):
 
     name = "unordered_set"
     requires = "relaxable"
+    not_compilable = (
+        "it decides on the host, from the logits' values, whether the particles can share "
+        "one set drawn without replacement"
+    )
     multi_sample = True
     needs_noise = True
     defaults = {"method": "auto", "integration_step": 0.25}
