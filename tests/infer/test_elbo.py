@@ -275,6 +275,8 @@ def test_nn_baseline_option_is_fitted():
 
 @pytest.mark.parametrize("name", ALL)
 def test_svi_training_improves_a_belief_net(name):
+    """50 steps lower the loss by more than 5 nats with every estimator (measured when cut
+    from 150 steps: at least 22 nats after 50 steps, decoupled_st the least)."""
     model, guide, x = _sbn(32)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -283,7 +285,7 @@ def test_svi_training_improves_a_belief_net(name):
     svi = SVI(model, guide, Adam({"lr": 0.05}), elbo)
     evaluate = DiscreteELBO("reinforce", num_particles=50, vectorize_particles=True)
     start = evaluate.loss(model, guide, x)
-    for _ in range(150):
+    for _ in range(50):
         svi.step(x)
     end = evaluate.loss(model, guide, x)
     print(f"{name}: loss {start:.1f} -> {end:.1f}")
