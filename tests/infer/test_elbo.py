@@ -479,6 +479,9 @@ def test_variance_ordering_on_a_belief_net():
 
 
 def test_control_variates_train_and_lower_variance():
+    """100 steps on REBAR's eta and temperature alone lower the guide-gradient variance
+    (over 300 draws at the same seed: 0.81 at the initial values, 0.60 after 100 steps,
+    0.62 after the 300 steps this test took before issue 22)."""
     problem = PROBLEMS["sbn_two_layer"]()
     problem.reset()
     initial = pyro.get_param_store().get_state()
@@ -487,7 +490,7 @@ def test_control_variates_train_and_lower_variance():
     elbo = DiscreteELBO("rebar", max_plate_nesting=1)
     optim = Adam({"lr": 0.03})
     params_before = None
-    for _ in range(300):
+    for _ in range(100):
         with pyro.poutine.trace(param_only=True) as capture:
             elbo.loss_and_grads(problem.model, problem.guide, *problem.args)
         cv_params = [
