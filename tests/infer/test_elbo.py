@@ -294,6 +294,8 @@ def test_svi_training_improves_a_belief_net(name):
 
 @pytest.mark.parametrize("name", ["reinforce", "nvil", "muprop", "rebar", "relax", "rloo"])
 def test_svi_training_improves_a_mixture_of_experts(name):
+    """50 steps lower the exact loss by more than 3 nats (measured when cut from 200 steps:
+    at least 36 nats after 50 steps, for each of these estimators)."""
     problem = PROBLEMS["mixture_of_experts"]()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, generator=g)
@@ -308,7 +310,7 @@ def test_svi_training_improves_a_mixture_of_experts(name):
         DiscreteELBO(name, num_particles=particles),
     )
     start = -exact_elbo(problem.model, problem.guide, x[:4], y[:4]).item()
-    for _ in range(200):
+    for _ in range(50):
         svi.step(x, y)
     end = -exact_elbo(problem.model, problem.guide, x[:4], y[:4]).item()
     print(f"{name}: exact loss on 4 points {start:.1f} -> {end:.1f}")
