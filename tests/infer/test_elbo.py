@@ -275,6 +275,8 @@ def test_nn_baseline_option_is_fitted():
 
 @pytest.mark.parametrize("name", ALL)
 def test_svi_training_improves_a_belief_net(name):
+    """50 steps lower the loss by more than 5 nats with every estimator (measured when cut
+    from 150 steps: at least 22 nats after 50 steps, decoupled_st the least)."""
     model, guide, x = _sbn(32)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -283,7 +285,7 @@ def test_svi_training_improves_a_belief_net(name):
     svi = SVI(model, guide, Adam({"lr": 0.05}), elbo)
     evaluate = DiscreteELBO("reinforce", num_particles=50, vectorize_particles=True)
     start = evaluate.loss(model, guide, x)
-    for _ in range(150):
+    for _ in range(50):
         svi.step(x)
     end = evaluate.loss(model, guide, x)
     print(f"{name}: loss {start:.1f} -> {end:.1f}")
@@ -292,6 +294,8 @@ def test_svi_training_improves_a_belief_net(name):
 
 @pytest.mark.parametrize("name", ["reinforce", "nvil", "muprop", "rebar", "relax", "rloo"])
 def test_svi_training_improves_a_mixture_of_experts(name):
+    """50 steps lower the exact loss by more than 3 nats (measured when cut from 200 steps:
+    at least 36 nats after 50 steps, for each of these estimators)."""
     problem = PROBLEMS["mixture_of_experts"]()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, generator=g)
@@ -306,7 +310,7 @@ def test_svi_training_improves_a_mixture_of_experts(name):
         DiscreteELBO(name, num_particles=particles),
     )
     start = -exact_elbo(problem.model, problem.guide, x[:4], y[:4]).item()
-    for _ in range(200):
+    for _ in range(50):
         svi.step(x, y)
     end = -exact_elbo(problem.model, problem.guide, x[:4], y[:4]).item()
     print(f"{name}: exact loss on 4 points {start:.1f} -> {end:.1f}")
@@ -477,6 +481,9 @@ def test_variance_ordering_on_a_belief_net():
 
 
 def test_control_variates_train_and_lower_variance():
+    """100 steps on REBAR's eta and temperature alone lower the guide-gradient variance
+    (over 300 draws at the same seed: 0.81 at the initial values, 0.60 after 100 steps,
+    0.62 after the 300 steps this test took before issue 22)."""
     problem = PROBLEMS["sbn_two_layer"]()
     problem.reset()
     initial = pyro.get_param_store().get_state()
@@ -485,7 +492,7 @@ def test_control_variates_train_and_lower_variance():
     elbo = DiscreteELBO("rebar", max_plate_nesting=1)
     optim = Adam({"lr": 0.03})
     params_before = None
-    for _ in range(300):
+    for _ in range(100):
         with pyro.poutine.trace(param_only=True) as capture:
             elbo.loss_and_grads(problem.model, problem.guide, *problem.args)
         cv_params = [

@@ -1545,14 +1545,18 @@ def test_subsample_gradient_bernoulli(est, subsample):
 # The compiled column: test_valid_models.py's cases with sequential plates, CompiledSVI
 # ---------------------------------------------------------------------------------------
 
-#: case -> parametrisations that run ``assert_ok`` (the 17 sequential-plate cases)
+#: case -> parametrisations that run ``assert_ok`` (the 13 sequential-plate cases). The
+#: eager cases also run ``max_plate_nesting=0``; here only ``inf`` runs: the guess happens in
+#: the first (eager) step, and the program recorded next is the very aten graph that ``0``
+#: records, for every estimator (checked when this was cut; a model with only sequential
+#: plates has no plate dim to place). Recording is most of this file's time.
 SEQUENTIAL_PLATE_CASES: dict[str, list[dict]] = {
     "test_iplate_ok": [{"subsample_size": None}, {"subsample_size": 2}],
     "test_iplate_iplate_ok": [
-        {"subsample_size": s, "max_plate_nesting": m} for s in (None, 2) for m in (0, math.inf)
+        {"subsample_size": s, "max_plate_nesting": math.inf} for s in (None, 2)
     ],
     "test_iplate_iplate_swap_ok": [
-        {"subsample_size": s, "max_plate_nesting": m} for s in (None, 2) for m in (0, math.inf)
+        {"subsample_size": s, "max_plate_nesting": math.inf} for s in (None, 2)
     ],
     "test_iplate_in_model_not_guide_ok": [{"subsample_size": None}, {"subsample_size": 5}],
     "test_iplate_in_guide_not_model_error": [
@@ -1576,13 +1580,15 @@ def assert_compiled_ok(model, guide, elbo, refused: bool, steps: int = 5, **kwar
     from pyro_discrete.infer import CompiledSVI, CompileError
 
     stores = []
-    for compiled in (False, True):
+    refused_here = refused or elbo.estimator.name in COMPILED_REFUSALS
+    # a refused case needs no eager reference: it stops at the compiled step's refusal
+    for compiled in (True,) if refused_here else (False, True):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         options = {"backend": "trace"} if compiled else {}
         svi_class = CompiledSVI if compiled else SVI
         svi = svi_class(model, guide, Adam({"lr": 0.05}), copy.deepcopy(elbo), **options)
-        if compiled and (refused or elbo.estimator.name in COMPILED_REFUSALS):
+        if compiled and refused_here:
             svi.step(**kwargs)
             reasons = [r"sequential plate '\w+'.*subsample"] if refused else []
             if elbo.estimator.name in COMPILED_REFUSALS:  # whichever the step meets first
