@@ -30,6 +30,7 @@ from pyro_discrete.infer import CompiledSVI
 from pyro_discrete.infer.adapters import ESTIMATOR_CLASSES
 
 from .errors import CLIError
+from .tasks import split_estimator_label
 
 __all__ = ["COMPILE_MODES", "COMPILE_BACKENDS", "StepChoice", "choose_step", "make_svi"]
 
@@ -65,9 +66,10 @@ EAGER = StepChoice(None, "eager: --compile off")
 
 
 def _not_compilable(estimators: Sequence[str]) -> list[str]:
+    names = [split_estimator_label(label)[0] for label in estimators]
     return [
         f"{name} ({ESTIMATOR_CLASSES[name].not_compilable})"
-        for name in estimators
+        for name in names
         if name in ESTIMATOR_CLASSES and ESTIMATOR_CLASSES[name].not_compilable
     ]
 

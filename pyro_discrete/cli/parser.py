@@ -178,7 +178,9 @@ def _comparison_options(
     p.add_argument(
         "--estimators",
         default=",".join(DEMO_ESTIMATORS),
-        help=f"comma-separated, from: {', '.join(ESTIMATORS)}",
+        help="comma-separated, from: "
+        f"{', '.join(ESTIMATORS)}; name:K runs name with K particles (rloo:201), e.g. to "
+        "compare at equal evaluations of the model (the report counts them per step)",
     )
     p.add_argument(
         "--steps",

@@ -39,17 +39,37 @@ __all__ = [
     "make_elbo",
     "make_optimizer",
     "make_task",
+    "split_estimator_label",
 ]
+
+
+def split_estimator_label(label: str) -> tuple[str, int | None]:
+    """``"rloo:8"`` -> ``("rloo", 8)``; ``"rloo"`` -> ``("rloo", None)`` (the class's default
+    number of particles). :raises CLIError: when the part after ``:`` is not a positive
+    integer."""
+    name, sep, count = label.partition(":")
+    if not sep:
+        return name, None
+    if not count.isdigit() or int(count) < 1:
+        raise CLIError(
+            f"estimator {label!r}: the number of particles after ':' must be a positive "
+            f"integer, e.g. {name}:8"
+        )
+    return name, int(count)
 
 
 def make_elbo(name: str, **options) -> DiscreteELBO:
     """The :class:`~pyro_discrete.infer.DiscreteELBO` for estimator ``name``.
 
-    Multi-sample estimators (``rloo``, ``vimco``) get their class's default of 2 particles;
-    every model here has one data plate, so ``max_plate_nesting=1``.
+    ``name`` may end in ``:K`` (``"rloo:201"``) for ``num_particles=K``; without it,
+    multi-sample estimators (``rloo``, ``vimco``) get their class's default of 2 particles.
+    Every model here has one data plate, so ``max_plate_nesting=1``.
 
     :raises CLIError: for an unknown estimator name, listing the valid ones.
     """
+    name, particles = split_estimator_label(name)
+    if particles is not None:
+        options.setdefault("num_particles", particles)
     if name not in ESTIMATORS:
         raise CLIError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
     options.setdefault("max_plate_nesting", 1)
@@ -100,7 +120,7 @@ def check_estimators_apply(estimators: list[str], model_name: str) -> None:
     :raises CLIError: naming them, the model and the estimators that apply to it.
     """
     applicable = estimators_for(model_name)
-    refused = [name for name in estimators if name not in applicable]
+    refused = [label for label in estimators if split_estimator_label(label)[0] not in applicable]
     if not refused:
         return
     kinds = check_model_name(model_name).latent_kinds

@@ -34,7 +34,12 @@ from pyro_discrete.estimators.reinmax_cv import (
     reinmax_cv_correction,
     reinmax_cv_logit_gradient,
 )
-from pyro_discrete.estimators.reinmax_rao import heun_midpoints, reinmax_rao_logit_gradient
+from pyro_discrete.estimators.reinmax_rao import (
+    conditional_jacobian_logit_gradient,
+    heun_midpoints,
+    reinmax_rao_logit_gradient,
+    shifted_logits,
+)
 from pyro_discrete.estimators.relax import (
     gradient_variance_loss,
     relax_logit_gradient,
@@ -66,6 +71,7 @@ __all__ = [
     "gibbs_stein_score",
     "gradient_variance_loss",
     "lax_parameter_gradients",
+    "conditional_jacobian_logit_gradient",
     "heun_midpoints",
     "indecater_changed_indices",
     "indecater_gradient",
@@ -85,6 +91,7 @@ __all__ = [
     "reinmax_cv_logit_gradient",
     "reinmax_logit_gradient",
     "reinmax_rao_logit_gradient",
+    "shifted_logits",
     "relax_logit_gradient",
     "relax_logit_gradients",
     "rodeo_logit_gradient",

@@ -5,8 +5,9 @@ Straight-through Gumbel-softmax ties two choices to one temperature. Decoupled
 straight-through (Shah, Yan, Mozer, Liu 2024) separates them: a forward temperature
 :math:`\tau_f` that sets how random the hard sample is (exploration), and a backward
 temperature :math:`\tau_b` that sets how the gradient spreads over the categories. Our
-reading of the paper's abstract (its full text was not reachable from this project, so no
-formula below is quoted from it): the hard sample is that of the tempered law,
+reading of the paper's abstract and introduction (v1 and v2; its method section was not
+reachable from this project, so no formula below is quoted from it; ``docs/choosing.md``
+lists what was tried): the hard sample is that of the tempered law,
 
 .. math::
 

@@ -27,9 +27,15 @@ and :math:`c` equals it. With :math:`K \ge 2` independent samples (particles) :m
 is the mean of the other samples' :math:`\nabla f(D_j)`, :math:`j \ne k` (independent of
 :math:`D_k`). A Bernoulli is the two-class case.
 
-Wang and Bui (2026, "Beyond ReinMax") propose a control-variate ReinMax; only their
-abstract was reachable from this project, so **this module is our construction, not the
-paper's formula**. Cost: ReinMax's, with :math:`K \ge 2` samples.
+Wang and Bui (2026, "Beyond ReinMax") propose a control-variate ReinMax; **this module is
+our construction, not the paper's formula**. Their eq. 18, as two public implementations
+that cite it write it (the paper's text was not reachable here), adds
+:math:`\eta\,(J_{GR}(\theta_D) - J_{GS}(\theta_D, G))\nabla f(D)` to ReinMax, the
+Gumbel-Rao and single-draw Gumbel-softmax Jacobians at the midpoint's logits; the two
+disagree on the noise :math:`G` of the second term, and a correction whose mean given
+:math:`D` is zero cannot lower the variance of a function of :math:`D`, so that choice
+decides what the estimator is; we could not check it. Cost: ReinMax's, with
+:math:`K \ge 2` samples.
 
 References: L. Liu, C. Dong, X. Liu, B. Yu, J. Gao (2023), *Bridging Discrete and
 Backpropagation: Straight-Through and Beyond*; D. Wang, T. D. Bui (2026), *Beyond ReinMax:

@@ -243,7 +243,8 @@ def test_seeds_give_intervals_and_no_ranking_within_noise(capsys, tmp_path, monk
     text = (out / "report.md").read_text()
     assert "over 3 seeds" in text and " ± " in text
     assert "**the machine was loaded**" in text
-    assert re.search(r"\| reinforce \| 6 \| [\d.]+ \[[\d.]+–[\d.]+\]", text)
+    # steps, evaluations per step (over the run), ms / step [10-90%]
+    assert re.search(r"\| reinforce \| 6 \| 1 \(6\) \| [\d.]+ \[[\d.]+–[\d.]+\]", text)
 
 
 def test_one_seed_says_a_ranking_needs_more(capsys, tmp_path):

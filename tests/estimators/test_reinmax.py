@@ -230,3 +230,51 @@ def test_decoupled_st_gradient_is_the_tempered_relaxation_gradient(one_hot, tau_
     (autograd,) = torch.autograd.grad((soft * grad).sum(), logits)
     closed = E.decoupled_st_logit_gradient(logits.detach(), noise, grad, tau_f, tau_b, one_hot)
     torch.testing.assert_close(closed, autograd)
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("lam", [1.0, 1.7])
+def test_shifted_logits_are_the_heun_midpoint(one_hot, lam):
+    torch.manual_seed(7)
+    logits = torch.randn(6, 4, dtype=torch.float64)
+    if one_hot:
+        hard = F.onehot_argmax(F.gumbel_sample(logits, F.uniform_like(logits)))
+        midpoint = 0.5 * (torch.softmax(logits / lam, -1) + hard)
+        torch.testing.assert_close(
+            torch.softmax(E.shifted_logits(logits, hard, lam, one_hot), -1), midpoint
+        )
+    else:
+        hard = torch.bernoulli(torch.sigmoid(logits))
+        midpoint = 0.5 * (torch.sigmoid(logits / lam) + hard)
+        torch.testing.assert_close(
+            torch.sigmoid(E.shifted_logits(logits, hard, lam, one_hot)), midpoint
+        )
+    # a category of probability 0 that was not drawn: finite, not -inf
+    extreme = torch.tensor([[0.0, -2000.0, 3.0]], dtype=torch.float64)
+    hard = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.isfinite(E.shifted_logits(extreme, hard)).all()
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_conditional_jacobian_gradient_is_autograd_of_the_relaxations(one_hot, tau):
+    """ReinMax-Rao's Gumbel-Rao form (Wang & Bui eq. 17): twice the mean over the K draws of
+    the gradient of the relaxation at the shifted logits, minus half ST's at the logits."""
+    torch.manual_seed(8)
+    logits = torch.randn(5, 3, dtype=torch.float64)
+    grad = torch.randn(5, 3, dtype=torch.float64)
+    theta = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    noise = torch.randn(4, 5, 3, dtype=torch.float64)  # any K = 4 perturbations
+
+    def relax(x):
+        return torch.softmax(x / tau, -1) if one_hot else torch.sigmoid(x / tau)
+
+    (first,) = torch.autograd.grad((relax(theta + noise) * grad).sum() / 4, theta)
+    lg = logits.clone().requires_grad_(True)
+    pi_0 = torch.softmax(lg, -1) if one_hot else torch.sigmoid(lg)
+    (second,) = torch.autograd.grad((pi_0 * grad).sum(), lg)
+    relaxed = relax(theta.detach() + noise)
+    torch.testing.assert_close(
+        E.conditional_jacobian_logit_gradient(logits, relaxed, grad, tau, one_hot),
+        2 * first - 0.5 * second,
+    )

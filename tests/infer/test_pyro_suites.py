@@ -184,7 +184,7 @@ INEXACT: dict[str, str] = {
     "st": "biased: straight-through (Bengio et al. 2013)",
     "gumbel_rao": "biased: Rao-Blackwellised straight-through (Paulus et al. 2021)",
     "decoupled_st": "biased: straight-through of the tempered law (Shah et al. 2024)",
-    "reinmax_rao": "biased: ReinMax with relaxed Heun midpoints (our construction)",
+    "reinmax_rao": "biased: ReinMax with a Gumbel-Rao first term (Wang & Bui 2026)",
     "vimco": "optimises the K-sample bound, whose gradient is not the ELBO's",
     "expectation_model": "biased: a network's prediction of the gradient, as good as its "
     "regression (tests/infer/test_expectation_model.py measures it)",

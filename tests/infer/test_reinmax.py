@@ -91,13 +91,15 @@ def test_closer_to_the_exact_gradient_than_straight_through(make):
 
 
 @pytest.mark.parametrize("make", [gaussian_bits, PROBLEMS["mixture_of_experts"]])
-def test_reinmax_rao_is_closer_to_the_exact_gradient_than_straight_through(make):
-    """Where ReinMax is nearly exact, ReinMax-Rao at its default endpoint temperature keeps
-    most of the gain (measured: 0.055 vs 0.284 and 0.196 vs 0.757), and a hot endpoint
-    loses it: the endpoint temperature matters, the test can fail."""
-    rao, _ = _mean_gradient_distance(make(), "reinmax_rao")
+def test_relaxed_endpoint_reinmax_rao_is_closer_to_the_exact_gradient_than_st(make):
+    """Where ReinMax is nearly exact, the relaxed-endpoint form of ReinMax-Rao at its default
+    endpoint temperature keeps most of the gain (measured: 0.055 vs 0.284 and 0.196 vs
+    0.757), and a hot endpoint loses it: the endpoint temperature matters, the test can
+    fail."""
+    relaxed = {"form": "relaxed_endpoint"}
+    rao, _ = _mean_gradient_distance(make(), "reinmax_rao", **relaxed)
     straight, _ = _mean_gradient_distance(make(), "st")
-    hot, _ = _mean_gradient_distance(make(), "reinmax_rao", endpoint_temperature=0.5)
+    hot, _ = _mean_gradient_distance(make(), "reinmax_rao", endpoint_temperature=0.5, **relaxed)
     print(
         f"{make.__name__}: |mean - exact| reinmax_rao {rao:.4f} (hot {hot:.4f}), st {straight:.4f}"
     )
@@ -256,6 +258,10 @@ def test_reinmax_cv_needs_particles_and_options_are_checked():
         DiscreteELBO("reinmax_rao", endpoint_temperature=-1.0)
     with pytest.raises(ValueError, match="num_samples"):
         DiscreteELBO("reinmax_rao", num_samples=0)
+    with pytest.raises(ValueError, match="rao_temperature"):
+        DiscreteELBO("reinmax_rao", rao_temperature=0.0)
+    with pytest.raises(ValueError, match="form must be one of gumbel_rao, relaxed_endpoint"):
+        DiscreteELBO("reinmax_rao", form="paper")
     # per site, through infer={"estimator": ...}: the multi-sample check names the site
     elbo = DiscreteELBO("st", max_plate_nesting=1, estimator_options=None)
     problem.reset()
@@ -292,3 +298,16 @@ def test_per_site_estimators_mix_in_one_model():
     # each site's own guide parameters see its own estimator
     assert not torch.allclose(mixed["q1"], plain["q1"])
     assert not torch.allclose(mixed["Q2"], plain["Q2"])
+
+
+def test_gumbel_rao_reinmax_rao_is_closer_to_the_exact_gradient_than_straight_through():
+    """The Gumbel-Rao form of ReinMax-Rao (the default, rao_temperature 0.5) on the one-hot
+    mixture of experts: a mean gradient between ReinMax's and straight-through's (measured
+    0.23 against ReinMax 0.15 and ST 0.76; at rao_temperature 2 it is 0.50, so the test can
+    fail). Its one-particle guide-gradient variance was measured level with ReinMax's (7.4
+    against 6.8, 300 draws each), so no variance claim is asserted."""
+    make = PROBLEMS["mixture_of_experts"]
+    rao, _ = _mean_gradient_distance(make(), "reinmax_rao")
+    straight, _ = _mean_gradient_distance(make(), "st")
+    print(f"|mean - exact| reinmax_rao {rao:.4f}, st {straight:.4f}")
+    assert rao < 0.5 * straight

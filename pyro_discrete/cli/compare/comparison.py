@@ -15,6 +15,7 @@ from ..progress import progress_bar
 from ..tasks import Task
 from ..training import RunState, advance, new_run
 from .budget import BudgetClock
+from .evaluations import record_evaluations
 from .measure import (
     control_variate_state,
     elbo_on_fixed_data,
@@ -72,6 +73,7 @@ class Comparison:
             self.inits.append(copy.deepcopy(task.build_model().state_dict()))
             loader = task.loader(s.batch_size, seed + 1, device)
             self.variance_batches.append(task.args(loader.next_batch()))
+        record_evaluations(self.outcome, task, self.inits, self.variance_batches, device)
         self.slots: dict[tuple[str, int], _Slot] = {}
         #: the budget's checks between rounds
         self.pacing = Pacing(clock, self.outcome)

@@ -12,7 +12,7 @@ import torch
 from pyro_discrete._param_store import load_param_store_state, param_store_state
 from pyro_discrete.diagnostics import elbo_estimate, gradient_variance, importance_weighted_bound
 
-from ..tasks import Task, make_elbo
+from ..tasks import Task, make_elbo, split_estimator_label
 from ..training import RunState, register_modules
 
 __all__ = [
@@ -103,7 +103,7 @@ def variance_at(
     load_param_store_state(cv_state)
     try:
         stats = gradient_variance(
-            make_elbo(estimator, **_UNSCALED.get(estimator, {})),
+            make_elbo(estimator, **_UNSCALED.get(split_estimator_label(estimator)[0], {})),
             model.model,
             model.guide,
             *batch,

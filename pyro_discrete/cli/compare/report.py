@@ -52,6 +52,7 @@ def seed_values(results: list[dict], name: str, figure: str) -> list[float]:
 
 def _summary_figures(s: CompareSettings) -> list[str]:
     figures = ["final_elbo", "best_elbo", "log_variance", "steps", "ms_per_step"]
+    figures.append("evaluations_per_step")
     return figures + ([f"valid_iw_bound_k{s.iw_samples}"] if s.iw_samples else [])
 
 
@@ -93,13 +94,25 @@ def _steps_cell(outcome: Outcome, name: str) -> str:
     return f"{sum(steps) / len(steps):.0f} ({min(steps)}–{max(steps)})"
 
 
+def _evaluations_cell(outcome: Outcome, name: str) -> str:
+    """Evaluations of the model per step and data point, and over the run (mean over seeds);
+    "–" when they were not counted."""
+    counts = seed_values(outcome.results, name, "evaluations_per_step")
+    if not counts:
+        return "–"
+    per_step = counts[0]
+    steps = [outcome.runs[(name, i)]["steps"] for i in range(outcome.settings.seeds)]
+    total = per_step * sum(steps) / len(steps)
+    return f"{per_step:g} ({total:,.0f})"
+
+
 def _summary_table(outcome: Outcome) -> list[str]:
     s, results = outcome.settings, outcome.results
     iw = f" valid IW bound (K={s.iw_samples}) |" if s.iw_samples else ""
     lines = [
-        "| estimator | steps | ms / step, median [10–90%] | first step (s) | final ELBO "
-        "| best ELBO | mean log-variance |" + iw,
-        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if s.iw_samples else ""),
+        "| estimator | steps | evaluations / step (total) | ms / step, median [10–90%] "
+        "| first step (s) | final ELBO | best ELBO | mean log-variance |" + iw,
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if s.iw_samples else ""),
     ]
     for name in s.estimators:
         runs = [outcome.runs[(name, i)] for i in range(s.seeds)]
@@ -109,7 +122,8 @@ def _summary_table(outcome: Outcome) -> list[str]:
         first = interval([r["first_step_s"] for r in runs]).mean
         cells = [interval(seed_values(results, name, f)) for f in _summary_figures(s)[:3]]
         row = (
-            f"| {name} | {_steps_cell(outcome, name)} | {median:.1f} [{p10:.1f}–{p90:.1f}] "
+            f"| {name} | {_steps_cell(outcome, name)} | {_evaluations_cell(outcome, name)} "
+            f"| {median:.1f} [{p10:.1f}–{p90:.1f}] "
             f"| {first:.2f} | " + " | ".join(c.format() for c in cells) + " |"
         )
         if s.iw_samples:
@@ -190,7 +204,10 @@ def _report_markdown(outcome: Outcome, clock: BudgetClock, total: float) -> str:
         "",
         *_summary_table(outcome),
         "",
-        f"{interval_note} ms / step: median of the steps after the first (where estimators "
+        f"{interval_note} Evaluations: passes of the model per data point in one training "
+        "step, counted (a vectorised pass over K particles or changed values counts K), and "
+        "over the whole run; an estimator `name:K` runs with K particles. ms / step: median "
+        "of the steps after the first (where estimators "
         "build caches and networks), with the 10–90% range over all runs. ELBO: "
         f"single-sample estimate per example on the first {s.eval_examples} training examples "
         "(higher is better). Variance: log of the mean over the encoder's parameter components "

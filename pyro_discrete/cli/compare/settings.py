@@ -11,17 +11,21 @@ from pathlib import Path
 from pyro_discrete.infer import ESTIMATORS
 
 from ..errors import CLIError
-from ..tasks import check_estimators_apply, data_for
+from ..tasks import check_estimators_apply, data_for, make_elbo, split_estimator_label
 
 __all__ = ["CompareOptions", "CompareSettings", "compare_settings", "estimator_list"]
 
 
 def estimator_list(text: str) -> list[str]:
-    """The ``--estimators`` list; :raises CLIError: if empty, unknown or repeated."""
+    """The ``--estimators`` list; an entry ``name:K`` runs ``name`` with ``K`` particles
+    (``rloo:201``), and is the run's label in the report.
+
+    :raises CLIError: if empty, unknown, repeated, or with a bad number of particles.
+    """
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise CLIError("--estimators is empty; give a comma-separated list, e.g. reinforce,rebar")
-    unknown = [n for n in names if n not in ESTIMATORS]
+    unknown = [n for n in names if split_estimator_label(n)[0] not in ESTIMATORS]
     if unknown:
         raise CLIError(
             f"unknown estimator(s) {', '.join(map(repr, unknown))}; valid names: "
@@ -29,6 +33,12 @@ def estimator_list(text: str) -> list[str]:
         )
     if len(set(names)) != len(names):
         raise CLIError(f"--estimators lists a name twice: {text}")
+    for name in names:
+        if split_estimator_label(name)[1] is not None:
+            try:  # e.g. a multi-sample estimator given one particle
+                make_elbo(name)
+            except ValueError as error:
+                raise CLIError(f"--estimators {name}: {error}") from error
     return names
 
 

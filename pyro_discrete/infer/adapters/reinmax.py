@@ -1,10 +1,13 @@
-r"""The ReinMax site estimators: ReinMax (Liu et al. 2023) and our ReinMax-Rao and ReinMax-CV
-constructions. **Biased.**"""
+r"""The ReinMax site estimators: ReinMax (Liu et al. 2023), ReinMax-Rao (Wang & Bui 2026)
+and our ReinMax-CV construction. **Biased.**"""
 
 from __future__ import annotations
 
+import torch
+
 from pyro_discrete import estimators as E
 from pyro_discrete.distributions import functional
+from pyro_discrete.distributions._params import straight_through
 from pyro_discrete.distributions.straight_through import heun_value
 from pyro_discrete.infer.adapters.relaxation import GumbelSoftmax
 from pyro_discrete.infer.adapters.value_gradient import sample_dim, signal_and_value_gradient
@@ -43,39 +46,75 @@ class ReinMax(GumbelSoftmax):
 
 
 class ReinMaxRao(ReinMax):
-    r"""ReinMax-Rao, **our construction** (the paper, Wang & Bui 2026, was readable only as
-    an abstract). **Biased.**
+    r"""ReinMax-Rao (Wang & Bui 2026). **Biased.**
 
-    ReinMax with the hard endpoint :math:`b` of its Heun midpoint replaced by relaxed
-    endpoints :math:`\mathrm{softmax}(\tilde z_k/\tau)` of ``num_samples`` :math:`K` (10)
-    conditional draws :math:`\tilde z_k \sim p(z \mid b)`, the midpoint Jacobians averaged
-    (the Gumbel-Rao device): :math:`\frac2K\sum_k J(\pi_{1,k}) - \frac12 J(\pi_0)`, see
-    :mod:`pyro_discrete.estimators.reinmax_rao`. ``endpoint_temperature`` :math:`\tau`
-    (0.1): towards 0 it is ReinMax, larger values move the mean towards straight-through's.
-    Measured (``docs/choosing.md``): at 0.1, 20% lower guide-gradient variance than ReinMax
-    on the one-hot mixture of experts, 23% higher on Bernoulli bits, with a larger bias
-    than ReinMax's and a smaller one than straight-through's.
-    Other options as ``"reinmax"``. One model evaluation per step, as ReinMax.
+    ``form="gumbel_rao"`` (default): ReinMax's first term :math:`2J(\pi_1)` replaced by
+    twice the Gumbel-Rao estimate of the Gumbel-softmax Jacobian at the midpoint's logits
+    :math:`\theta_D = \log\tfrac12(\mathrm{softmax}(\ell/\lambda) + b)`,
+    :math:`\frac{2}{\tau K}\sum_k J(\mathrm{softmax}((\theta_D + \tilde G_k)/\tau))
+    - \frac12 J(\pi_0)`, with ``num_samples`` :math:`K` (10) Gumbel draws conditioned on
+    :math:`\arg\max(\theta_D + \tilde G_k) = b` and ``rao_temperature`` :math:`\tau`
+    (0.5; measured against ReinMax and straight-through in ``docs/choosing.md``); see
+    :func:`~pyro_discrete.estimators.conditional_jacobian_logit_gradient`. This
+    is the paper's eq. 17 as two independent public implementations write it (one cites
+    the equation; the paper's own text was not reachable from this project).
+
+    ``form="relaxed_endpoint"``: our earlier construction, ReinMax with the hard endpoint
+    :math:`b` of its Heun midpoint replaced by relaxed endpoints
+    :math:`\mathrm{softmax}(\tilde z_k/\tau)` of conditional draws
+    :math:`\tilde z_k \sim p(z \mid b)`:
+    :math:`\frac2K\sum_k J(\pi_{1,k}) - \frac12 J(\pi_0)`, with
+    ``endpoint_temperature`` :math:`\tau` (0.1; towards 0 it is ReinMax), see
+    :mod:`pyro_discrete.estimators.reinmax_rao` (the ``ReinMaxRao*`` distributions are
+    this form). Other options as ``"reinmax"``. One model evaluation per step, as ReinMax.
     """
 
     name = "reinmax_rao"
-    defaults = {**ReinMax.defaults, "endpoint_temperature": 0.1, "num_samples": 10}
+    FORMS = ("gumbel_rao", "relaxed_endpoint")
+    defaults = {
+        **ReinMax.defaults,
+        "form": "gumbel_rao",
+        "rao_temperature": 0.5,
+        "endpoint_temperature": 0.1,
+        "num_samples": 10,
+    }
 
     def validate_options(self) -> None:
         super().validate_options()
-        if not self.options["endpoint_temperature"] > 0:
-            raise ValueError("estimator 'reinmax_rao': endpoint_temperature must be positive")
+        if self.options["form"] not in self.FORMS:
+            raise ValueError(
+                f"estimator 'reinmax_rao': form must be one of {', '.join(self.FORMS)}, "
+                f"got {self.options['form']!r}"
+            )
+        for option in ("endpoint_temperature", "rao_temperature"):
+            if not self.options[option] > 0:
+                raise ValueError(f"estimator 'reinmax_rao': {option} must be positive")
         if int(self.options["num_samples"]) < 1:
             raise ValueError("estimator 'reinmax_rao': num_samples must be >= 1")
 
     def base_value(self, site):
-        relaxation = site.relaxation()
         num_samples = int(self.options["num_samples"])
-        z = relaxation.conditional(site.hard).rsample((num_samples,)).detach()
-        endpoints = relaxation.relax(z, float(self.options["endpoint_temperature"]))
         temperature = self.current_temperature(site.logits)
-        midpoints = E.heun_midpoints(site.logits, endpoints, temperature, site.one_hot)
-        return heun_value(site.logits, site.hard, midpoints, site.one_hot)
+        if self.options["form"] == "relaxed_endpoint":
+            relaxation = site.relaxation()
+            z = relaxation.conditional(site.hard).rsample((num_samples,)).detach()
+            endpoints = relaxation.relax(z, float(self.options["endpoint_temperature"]))
+            midpoints = E.heun_midpoints(site.logits, endpoints, temperature, site.one_hot)
+            return heun_value(site.logits, site.hard, midpoints, site.one_hot)
+        rao_temperature = float(self.options["rao_temperature"])
+        theta = E.shifted_logits(site.logits.detach(), site.hard, temperature, site.one_hot)
+        relaxation = site.relaxation(theta)
+        z = relaxation.conditional(site.hard).rsample((num_samples,)).detach()
+        relaxed = relaxation.relax(z, rao_temperature).detach()
+        # hard forward; backward (2/tau) mean_k J(s_k) - J(pi_0)/2 (J symmetric: the
+        # gradient of J(s) l in l is J(s), s held constant)
+        if site.one_hot:
+            linear = relaxed * site.logits - relaxed * (relaxed * site.logits).sum(-1, keepdim=True)
+            pi_0 = torch.softmax(site.logits, -1)
+        else:
+            linear = relaxed * (1 - relaxed) * site.logits
+            pi_0 = torch.sigmoid(site.logits)
+        return straight_through(site.hard, 2 * linear.mean(0) / rao_temperature - 0.5 * pi_0)
 
 
 class ReinMaxCV(ReinMax):
