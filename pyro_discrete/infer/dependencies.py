@@ -331,13 +331,14 @@ def warn_black_box_costs(found: Dependencies, warned: set) -> None:
     costs = _named([f"{role} site '{name}'" for (role, name), _ in new])
     read_sites = dict.fromkeys(site for _, sites in new for site in sorted(sites))
     read = _named([f"'{site}'" for site in read_sites])
+    plural = len(read_sites) > 1
     warnings.warn(
-        f"DiscreteELBO: black-box cost(s) at {costs}: computed after the "
-        f"program read the value of discrete site(s) {read} on the host or outside "
-        "torch (.numpy(), np.asarray, .tolist(), .item(), bool(), int(), float(), Python "
-        "control flow, a simulator, an in-place write into another tensor), where "
-        "provenance tracking cannot follow them. Each is scored against every site so read "
-        "before it, in the plate slices they share (the sequential rule, as the "
+        f"DiscreteELBO: black-box cost{'s' if len(new) > 1 else ''} at {costs}: computed "
+        f"after the program read the value of discrete site{'s' if plural else ''} {read} on "
+        "the host or outside torch (.numpy(), np.asarray, .tolist(), .item(), bool(), int(), "
+        "float(), Python control flow, a simulator, an in-place write into another tensor), "
+        "where provenance tracking cannot follow it. Each is scored against every site so "
+        "read before it, in the plate slices they share (the sequential rule, as the "
         "reward-to-go of policy gradients): unbiased, but less Rao-Blackwellised than "
         "a cost written with torch operations on the sampled values. Relaxation "
         "estimators (gumbel, st, gumbel_rao, reinmax, rebar, relax) refuse such a cost",

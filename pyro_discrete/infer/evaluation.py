@@ -219,8 +219,8 @@ _INDEX_MESSAGES = (
 
 
 def _is_index_error(error: Exception) -> bool:
-    if isinstance(error, SiteError):
-        return False
+    if type(error) not in (IndexError, TypeError, ValueError, RuntimeError):
+        return False  # a library's own error (SiteError, CompileError) says what is wrong
     text = str(error).lower()
     return isinstance(error, IndexError) or any(m in text for m in _INDEX_MESSAGES)
 

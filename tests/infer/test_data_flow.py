@@ -55,27 +55,30 @@ class ModelFlow:
     def __init__(self, model):
         self.model = model
         self.modules: list[str] = []
-        #: modules reached after ``Evaluation.build`` returned: the extra passes an
-        #: estimator asks of the evaluation (relaxed passes, direct provenance)
+        #: modules other than the driver reached while no ``Evaluation.build`` runs,
+        #: once one has run: the extra passes an estimator asks of the evaluation
+        #: (stacked relaxed passes, direct provenance)
         self.after_build: list[str] = []
         self._built = False
+        self._building = 0
         self._seen: dict[int, object] = {}  # frames kept alive so that ids stay unique
 
     def _profile(self, frame, event, arg):
         if event not in ("call", "c_call", "return"):
             return
         module = frame.f_globals.get("__name__", "")
-        if (
-            event == "return"
-            and frame.f_code.co_name == "build"
-            and module == f"{PACKAGE}.infer.evaluation"
-        ):
-            self._built = True
+        if frame.f_code.co_name == "build" and module == f"{PACKAGE}.infer.evaluation":
+            if event == "call":
+                self._building += 1
+            elif event == "return":
+                self._building -= 1
+                self._built = True
         if not module.startswith(PACKAGE) or id(frame) in self._seen:
             return
         if any(_holds(v, self.model) for v in frame.f_locals.values()):
             self._seen[id(frame)] = frame
-            (self.after_build if self._built else self.modules).append(module)
+            extra = self._built and not self._building and module != f"{PACKAGE}.infer.elbo"
+            (self.after_build if extra else self.modules).append(module)
 
     def __enter__(self):
         sys.setprofile(self._profile)
