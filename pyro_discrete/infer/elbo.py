@@ -24,6 +24,7 @@ anything is updated. It knows no estimator by name.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import numbers
 import warnings
@@ -203,7 +204,7 @@ class DiscreteELBO(ELBO):
         """One evaluation (all the particles when they are vectorised), asked of
         :meth:`Evaluation.build` once."""
         # one ELBO object may serve several models whose sites share names and shapes
-        identity = (id(model), id(guide))
+        identity = (_identity(model), _identity(guide))
         model, guide = self._wrap(model, guide, args, kwargs)
         particle_frame = None
         if self.vectorize_particles and self.num_particles > 1:
@@ -416,6 +417,14 @@ class DiscreteELBO(ELBO):
                     stacklevel=2,
                 )
             return value
+
+
+def _identity(fn) -> tuple:
+    """What names a model or guide across calls: a bound method is re-made at each
+    ``net.guide`` read, so it is named by its function and its object, which live on."""
+    if inspect.ismethod(fn):
+        return (id(fn.__func__), id(fn.__self__))
+    return (id(fn),)
 
 
 def _check_arguments(

@@ -769,5 +769,5 @@ def test_one_elbo_serves_two_models_with_the_same_site_names():
     elbo = DiscreteELBO("reinforce", max_plate_nesting=1)
     elbo.loss_and_grads(model_uses_a, guide, y)
     elbo.loss_and_grads(model_uses_b, guide, y)
-    deps = [s.deps for key, s in elbo._structures.items() if key[0][0] == id(model_uses_b)]
+    deps = [s.deps for key, s in elbo._structures.items() if key[0][0] == (id(model_uses_b),)]
     assert deps and "b" in deps[0][("model", "y")]

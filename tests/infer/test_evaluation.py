@@ -104,3 +104,41 @@ def test_an_index_error_under_vectorised_particles_names_the_particle_dim():
     assert dim == -2
     assert f"num_particles=4 at dim {dim}," in str(info.value)
     assert isinstance(info.value.__cause__, (RuntimeError, ValueError))
+
+
+def test_a_module_s_bound_methods_read_afresh_each_step_keep_their_structure(monkeypatch):
+    """``elbo.loss_and_grads(net.model, net.guide, x)`` makes new bound-method objects at
+    every call: the structure found at the first step is reused, not found anew each step
+    (and a second module of the same class, same trace structure, gets its own)."""
+    calls = {"dependencies": 0}
+    trace_dependencies = evaluation_module.trace_dependencies
+
+    def counted(*args, **kwargs):
+        calls["dependencies"] += 1
+        return trace_dependencies(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation_module, "trace_dependencies", counted)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logit = torch.nn.Parameter(torch.zeros(3))
+
+        def model(self, x):
+            with pyro.plate("data", 3):
+                z = pyro.sample("z", dist.Bernoulli(logits=torch.zeros(3)))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+        def guide(self, x):
+            with pyro.plate("data", 3):
+                pyro.sample("z", dist.Bernoulli(logits=self.logit))
+
+    pyro.clear_param_store()
+    net, other = Net(), Net()
+    elbo = DiscreteELBO(estimator="reinforce", max_plate_nesting=1)
+    x = torch.tensor([0.0, 1.0, 2.0])
+    for _ in range(3):
+        elbo.loss_and_grads(net.model, net.guide, x)
+    assert calls["dependencies"] == 1
+    elbo.loss_and_grads(other.model, other.guide, x)
+    assert calls["dependencies"] == 2
