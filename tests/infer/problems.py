@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pyro
@@ -205,6 +206,49 @@ def estimator_draws(problem: Problem, elbo, num_draws: int, seed: int = 0) -> di
         for k, p in params.items():
             draws[k].append(torch.zeros_like(p) if p.grad is None else -p.grad.clone())
     return {k: torch.stack(v) for k, v in draws.items()}
+
+
+def draws_from_state(problem: Problem, elbo, state: dict, num_draws: int, seed: int) -> dict:
+    """``num_draws`` gradient estimates per parameter, each taken from the param store's
+    ``state`` (trained control variates included), so that no draw sees another's update."""
+    params = problem.params()
+    pyro.set_rng_seed(seed)
+    draws = {k: [] for k in params}
+    for _ in range(num_draws):
+        pyro.get_param_store().set_state(state)
+        elbo.loss_and_grads(problem.model, problem.guide, *problem.args)
+        for k in params:
+            p = pyro.param(k).unconstrained()
+            draws[k].append(-p.grad.clone())
+            p.grad = None
+    return {k: torch.stack(v) for k, v in draws.items()}
+
+
+def replicated(problem: Problem, replicas: int) -> Problem:
+    """``problem`` inside an outer plate of ``replicas`` independent copies (dim -3, left of
+    every plate of the problems): one draw is then the sum of ``replicas`` genuine estimates
+    of the same parameters' gradient."""
+
+    def wrap(fn):
+        def wrapped(*args):
+            with pyro.plate("replicas", replicas, dim=-3):
+                return fn(*args)
+
+        return wrapped
+
+    return dataclasses.replace(problem, model=wrap(problem.model), guide=wrap(problem.guide))
+
+
+def max_abs_z_floored(draws: dict, exact: dict) -> float:
+    """:func:`max_abs_z` with the standard error floored at 1e-6 of the exact value (plus
+    1e-6), for estimators that are exact on some components (zero spread)."""
+    worst = 0.0
+    for key, d in draws.items():
+        se = d.std(0) / d.shape[0] ** 0.5
+        floor = 1e-6 * (exact[key].abs() + 1)
+        z = (d.mean(0) - exact[key]).abs() / (se**2 + floor**2).sqrt()
+        worst = max(worst, z.max().item())
+    return worst
 
 
 def z_scores(draws: dict, exact: dict) -> dict:

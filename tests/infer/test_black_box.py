@@ -23,7 +23,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from infer.problems import Problem, max_abs_z
+from infer.problems import Problem, max_abs_z, replicated
 from pyro.infer import SVI
 from pyro.optim import Adam
 
@@ -197,17 +197,6 @@ PROBLEMS = {f.__name__: f for f in (bits_in_one_plate, bits_in_two_plates, polic
 # -- the harness ----------------------------------------------------------------------------
 
 
-def replicated(problem: Problem, replicas: int = REPLICAS) -> Problem:
-    def wrap(fn):
-        def wrapped(*args):
-            with pyro.plate("replicas", replicas, dim=-3):
-                fn(*args)
-
-        return wrapped
-
-    return dataclasses.replace(problem, model=wrap(problem.model), guide=wrap(problem.guide))
-
-
 def elbo_for(estimator: str, k: int = 1, **options) -> DiscreteELBO:
     return DiscreteELBO(
         estimator, num_particles=k, vectorize_particles=k > 1, max_plate_nesting=3, **options
@@ -218,7 +207,7 @@ def draws(problem: Problem, elbo, num_draws: int = NUM_DRAWS, seed: int = 0) -> 
     """Mean-of-replicas gradient estimates (of the ELBO, to be maximised) per parameter."""
     problem.reset()
     pyro.set_rng_seed(seed)
-    copies = replicated(problem)
+    copies = replicated(problem, REPLICAS)
     params = problem.params()
     out = {name: [] for name in params}
     with warnings.catch_warnings():

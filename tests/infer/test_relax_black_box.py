@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from infer.problems import PROBLEMS, Problem, estimator_draws, max_abs_z
+from infer.problems import PROBLEMS, Problem, draws_from_state, estimator_draws, max_abs_z
 
 from pyro_discrete.infer import DiscreteELBO, SiteError
 from pyro_discrete.infer.dependencies import MODEL
@@ -67,16 +67,7 @@ def test_black_box_relax_is_unbiased_after_training_its_surrogate(problem):
         optimizer.step()
     assert any(not torch.equal(initial[k], v.detach()) for k, v in network.items())
     state = store.get_state()
-    pyro.set_rng_seed(5)
-    draws = {k: [] for k in params}
-    for _ in range(NUM_DRAWS):
-        store.set_state(state)
-        elbo.loss_and_grads(problem.model, problem.guide, *problem.args)
-        for k in params:
-            p = pyro.param(k).unconstrained()
-            draws[k].append(-p.grad.clone())
-            p.grad = None
-    draws = {k: torch.stack(v) for k, v in draws.items()}
+    draws = draws_from_state(problem, elbo, state, NUM_DRAWS, seed=5)
     assert max_abs_z(draws, exact) < Z_LIMIT
 
 

@@ -13,7 +13,14 @@ import math
 import pyro
 import pytest
 import torch
-from infer.problems import PROBLEMS, estimator_draws, index_categorical, max_abs_z, z_scores
+from infer.problems import (
+    PROBLEMS,
+    draws_from_state,
+    estimator_draws,
+    index_categorical,
+    max_abs_z,
+    z_scores,
+)
 
 from pyro_discrete.infer import DiscreteELBO
 from pyro_discrete.testing import exact_gradients, exact_iwae_bound
@@ -101,16 +108,7 @@ def test_rebar_unbiased_after_training_control_variates():
     etas = [v.item() for k, v in pyro.get_param_store().items() if k.endswith("/eta")]
     assert any(abs(e - 1.0) > 0.1 for e in etas), etas
     state = pyro.get_param_store().get_state()
-    pyro.set_rng_seed(5)
-    draws = {k: [] for k in params}
-    for _ in range(NUM_DRAWS):
-        pyro.get_param_store().set_state(state)
-        elbo.loss_and_grads(problem.model, problem.guide, *problem.args)
-        for k in params:
-            p = pyro.param(k).unconstrained()
-            draws[k].append(-p.grad.clone())
-            p.grad = None
-    draws = {k: torch.stack(v) for k, v in draws.items()}
+    draws = draws_from_state(problem, elbo, state, NUM_DRAWS, seed=5)
     assert max_abs_z(draws, exact) < Z_LIMIT
 
 

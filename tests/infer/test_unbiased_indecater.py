@@ -13,7 +13,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from infer.problems import PROBLEMS, Problem, estimator_draws, index_categorical
+from infer.problems import (
+    PROBLEMS,
+    Problem,
+    estimator_draws,
+    index_categorical,
+    max_abs_z_floored,
+)
 
 from pyro_discrete.infer import DiscreteELBO, SiteError
 from pyro_discrete.infer.evaluation import Evaluation
@@ -21,16 +27,6 @@ from pyro_discrete.infer.evaluation import Evaluation
 NUM_DRAWS = 40
 PARTICLES = 10
 Z_LIMIT = 4.5
-
-
-def _max_abs_z(draws: dict, exact: dict) -> float:
-    worst = 0.0
-    for key, d in draws.items():
-        se = d.std(0) / d.shape[0] ** 0.5
-        floor = 1e-6 * (exact[key].abs() + 1)
-        z = (d.mean(0) - exact[key]).abs() / (se**2 + floor**2).sqrt()
-        worst = max(worst, z.max().item())
-    return worst
 
 
 def _elbo(particles: int = PARTICLES, **options) -> DiscreteELBO:
@@ -45,7 +41,7 @@ def _elbo(particles: int = PARTICLES, **options) -> DiscreteELBO:
 
 def _z(problem: Problem, elbo: DiscreteELBO, draws: int = NUM_DRAWS, seed: int = 0) -> float:
     exact = problem.exact()
-    z = _max_abs_z(estimator_draws(problem, elbo, draws, seed), exact)
+    z = max_abs_z_floored(estimator_draws(problem, elbo, draws, seed), exact)
     print(f"{problem.name:20s} indecater max|z| = {z:.2f}")
     return z
 

@@ -14,12 +14,10 @@ gradient component is seen at K = 2 (z of 9 to 23 measured).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pyro
 import pytest
 import torch
-from infer.problems import PROBLEMS, Problem, max_abs_z
+from infer.problems import PROBLEMS, Problem, max_abs_z, replicated
 
 from pyro_discrete.infer import DiscreteELBO, SiteError
 
@@ -33,17 +31,6 @@ OPTIONS = {
     "double_cv": {"alpha": 1.0},
     "rodeo": {"alpha": 1.0, "beta": 1.0, "hidden": (16,)},
 }
-
-
-def replicated(problem: Problem, replicas: int) -> Problem:
-    def wrap(fn):
-        def wrapped(*args):
-            with pyro.plate("replicas", replicas, dim=-3):
-                fn(*args)
-
-        return wrapped
-
-    return dataclasses.replace(problem, model=wrap(problem.model), guide=wrap(problem.guide))
 
 
 def elbo_for(estimator: str, k: int, **options) -> DiscreteELBO:
