@@ -35,15 +35,6 @@ from torch import Tensor
 __all__ = ["relax_logit_gradient", "relax_logit_gradients", "gradient_variance_loss"]
 
 
-def _grad_or_zero(output: Tensor, logits: Tensor, create_graph: bool) -> Tensor:
-    if not output.requires_grad:  # the surrogate does not depend on the relaxed value
-        return torch.zeros_like(logits)
-    (grad,) = torch.autograd.grad(
-        output, logits, create_graph=create_graph, retain_graph=True, allow_unused=True
-    )
-    return torch.zeros_like(logits) if grad is None else grad
-
-
 def relax_logit_gradient(
     logits: Tensor,
     score: Tensor,
@@ -79,12 +70,10 @@ def relax_logit_gradient(
     >>> g.shape
     torch.Size([4])
     """
-    # one backward pass for both reparameterised terms
-    pathwise = _grad_or_zero(c_relaxed.sum() - c_conditional.sum(), logits, create_graph)
-    coefficient = f_hard.detach() - c_conditional
-    if not create_graph:
-        coefficient = coefficient.detach()
-    return coefficient * score.detach() + pathwise
+    (grad,) = relax_logit_gradients(
+        [logits], [score], [f_hard], [c_relaxed], [c_conditional], create_graph
+    )
+    return grad
 
 
 def relax_logit_gradients(

@@ -165,31 +165,9 @@ class RELAX(SiteEstimator):
         if self.options.get("black_box"):
             z_tilde = site.conditional_z(self.options["reuse_noise"])
             c_z, c_zt, params = self._black_box_surrogates(site, z_tilde)
-            return self._terms(ev, site, c_z, c_zt, params)
+            learn = bool(self.options["learn_control_variates"]) and bool(params)
+            return _terms_together(ev, [(site, c_z, c_zt, params, params, learn)])[site.name]
         return _joint_terms(ev)[site.name]
-
-    def _terms(self, ev, site, c_z, c_zt, trained: list, network: list | None = None) -> Terms:
-        r"""The surrogate and control-variate objective of one site given
-        :math:`c_\phi(z)`, :math:`c_\phi(\tilde z)` and every trained :math:`\phi`
-        (``network``: those that ``weight_decay`` applies to, default all)."""
-        network = trained if network is None else network
-        learn = bool(self.options["learn_control_variates"]) and bool(trained)
-        grad = E.relax_logit_gradient(
-            site.logits,
-            E.logit_score(site.logits, site.hard, site.one_hot),
-            site.to_event_shape(ev.signal(site)),
-            c_z,
-            site.to_event_shape(c_zt),
-            create_graph=learn,
-        )
-        terms = Terms(surrogate=(grad.detach() * site.logits).sum())
-        if learn:
-            objective = E.gradient_variance_loss(grad)
-            decay = self.options.get("weight_decay", 0.0)
-            if decay:
-                objective = objective + 0.5 * decay * sum(p.pow(2).sum() for p in network)
-            terms.control_variate_loss = variance_gradient_loss(objective, trained)
-        return terms
 
 
 class REBAR(RELAX):
@@ -318,6 +296,16 @@ def _joint_terms(ev) -> dict[str, Terms]:
         trained = prepared.params + network
         learn = bool(estimator.options["learn_control_variates"]) and bool(trained)
         found.append((site, c_z + extra_z, c_zt + extra_zt, trained, network, learn))
+    done = _terms_together(ev, found)
+    ev.shared_results["relax_terms"] = done
+    return done
+
+
+def _terms_together(ev, found: list[tuple]) -> dict[str, Terms]:
+    r"""The terms of the sites of ``found``, entries ``(site, c(z), c(z~), trained,
+    network, learn)``: the surrogates from one backward pass, and one objective
+    :math:`\sum_i \hat g_i^2` (plus ``weight_decay`` on each ``network``) over the sites that
+    ``learn``, carried by the first of them."""
     grads = E.relax_logit_gradients(
         [f[0].logits for f in found],
         [E.logit_score(f[0].logits, f[0].hard, f[0].one_hot) for f in found],
@@ -342,7 +330,6 @@ def _joint_terms(ev) -> dict[str, Terms]:
         done[first].control_variate_loss = variance_gradient_loss(
             objective, list(trained_all.values())
         )
-    ev.shared_results["relax_terms"] = done
     return done
 
 
