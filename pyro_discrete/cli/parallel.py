@@ -158,7 +158,8 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
     start = run.start_step
     if start >= config["steps"]:
         if rank == 0:  # trained to its end by a run stopped before its summary: write it
-            _summarise_trained(run, task, model, options.eval_examples)
+            train_time = float(checkpoint["elapsed"]) - float(checkpoint["excluded"])
+            _summarise(run, task, model, start, train_time, options.eval_examples)
         return 0
     rows = task.train if task.train_probs is None else task.train_probs
     dataset = RowDataset(rows, binarise_on_access=task.train_probs is not None)
@@ -213,38 +214,41 @@ def _train(options: FitOptions, run: Run, task: Task, rank: int) -> int:
         raise CLIError(peer_died(rank, writer, e)) from None
     if trainer.global_rank != 0:
         return 0
-    model.to("cpu")
     train_time = writer.elapsed - writer.excluded
-    kind = SimpleNamespace(
-        description=f"eager step, data-parallel on {trainer.world_size} process(es) through "
-        "Lightning"
-    )
-    done = SimpleNamespace(step=writer.step, train_time=train_time, model=model, step_choice=kind)
     examples = (writer.step - writer.first_step) * batch_size * trainer.world_size
     this_session = train_time - writer.first_train_time
-    run.summarise(
-        done,
+    _summarise(
+        run,
         task,
+        model,
+        writer.step,
+        train_time,
         options.eval_examples,
-        torch.device("cpu"),
         processes=trainer.world_size,
         examples_per_s=round(examples / this_session, 1) if this_session > 0 else None,
     )
     return 0
 
 
-def _summarise_trained(run: Run, task: Task, model, examples: int) -> None:
-    """The summary of a run whose checkpoint is at its last step, as the single-process
-    path writes it on such a resume."""
-    checkpoint = run.checkpoint
-    kind = SimpleNamespace(description="eager step, data-parallel through Lightning")
-    done = SimpleNamespace(
-        step=run.start_step,
-        train_time=float(checkpoint["elapsed"]) - float(checkpoint["excluded"]),
-        model=model.to("cpu"),
-        step_choice=kind,
-    )
-    run.summarise(done, task, examples, torch.device("cpu"))
+def _summarise(
+    run: Run,
+    task: Task,
+    model,
+    step: int,
+    train_time: float,
+    eval_examples: int,
+    processes: int | None = None,
+    **extra: object,
+) -> None:
+    """``summary.json`` of a multi-process run, evaluated on the CPU by rank 0;
+    ``processes``: how many trained this session (``None`` where none did)."""
+    on = f"on {processes} process(es) " if processes else ""
+    kind = SimpleNamespace(description=f"eager step, data-parallel {on}through Lightning")
+    model = model.to("cpu")
+    done = SimpleNamespace(step=step, train_time=train_time, model=model, step_choice=kind)
+    if processes:
+        extra = {"processes": processes, **extra}
+    run.summarise(done, task, eval_examples, torch.device("cpu"), **extra)
 
 
 def _task(run: Run) -> Task:
