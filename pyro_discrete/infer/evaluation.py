@@ -604,12 +604,16 @@ class Evaluation:
 
     # -- extra passes -----------------------------------------------------------------
 
-    def run(self, choose: Callable) -> tuple[Trace, Trace]:
-        """Run the guide with ``choose`` deciding sample values, then the model against it."""
+    def run(self, choose: Callable, wrap: Callable | None = None) -> tuple[Trace, Trace]:
+        """Run the guide with ``choose`` deciding sample values, then the model against it;
+        ``wrap``, if given, wraps each of them first (e.g. in a plate)."""
+        guide, model = self.guide, self.model
+        if wrap is not None:
+            guide, model = wrap(guide), wrap(model)
         with poutine.block(hide_types=["sample"]), _GuidePolicy(choose):
-            guide_trace = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
+            guide_trace = poutine.trace(guide).get_trace(*self.args, **self.kwargs)
         with poutine.block(hide_types=["sample"]):
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                 *self.args, **self.kwargs
             )
         return model_trace, guide_trace
@@ -755,12 +759,7 @@ class Evaluation:
 
             return in_plate
 
-        with poutine.block(hide_types=["sample"]), _GuidePolicy(choose):
-            guide_trace = poutine.trace(stacked(self.guide)).get_trace(*self.args, **self.kwargs)
-        with poutine.block(hide_types=["sample"]):
-            model_trace = poutine.trace(
-                poutine.replay(stacked(self.model), trace=guide_trace)
-            ).get_trace(*self.args, **self.kwargs)
+        model_trace, guide_trace = self.run(choose, stacked)
         costs = cost_terms(model_trace, guide_trace, relaxed=True)
         plate = (RELAXED_PLATE, dim)
         # each cost is reduced once per plate layout, and each site's dependent costs are
