@@ -46,13 +46,11 @@ class CountedModel:
     def __init__(self, model: Callable) -> None:
         self.model = model
         self.elements = 0
-        self.passes = 0
 
     def __call__(self, *args, **kwargs):
         with poutine.trace() as tracer:
             value = self.model(*args, **kwargs)
         self.elements += _observed_elements(tracer.trace)
-        self.passes += 1
         return value
 
 
@@ -82,14 +80,13 @@ def evaluations_per_step(
             raise ValueError(
                 f"model {task.model_name!r} has no observed site: evaluations cannot be counted"
             )
-        counted, guide = CountedModel(model.model), model.guide  # one guide object: the
-        # ELBO caches the program's structure per (model, guide) identity
+        counted = CountedModel(model.model)
         elbo = make_elbo(estimator)
         # the first step also inspects the program (sites, plates, dependencies): count the
         # second, which is what every later step costs
-        elbo.loss_and_grads(counted, guide, *args)
+        elbo.loss_and_grads(counted, model.guide, *args)
         counted.elements = 0
-        elbo.loss_and_grads(counted, guide, *args)
+        elbo.loss_and_grads(counted, model.guide, *args)
     finally:
         pyro.clear_param_store()
     return counted.elements / plain.elements
